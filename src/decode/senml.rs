@@ -1,0 +1,147 @@
+//! SenML JSON (RFC 8428): resolves base fields into self-contained records.
+
+use serde_json::Value;
+
+use crate::model::{Reject, RejectCode};
+
+/// Times below 2^28 are relative to "now" (the receive time); at or above, absolute seconds.
+const RELATIVE_TIME_LIMIT: f64 = 268_435_456.0;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SenmlValue {
+    Number(f64),
+    String(String),
+    Bool(bool),
+}
+
+/// One resolved record: full name (bn + n), unit (u or bu), value (v + bv), time in ms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub base_name: String,
+    pub name: String,
+    pub unit: String,
+    pub value: SenmlValue,
+    pub time_ms: i64,
+}
+
+/// Resolves a SenML pack. `received_ms` anchors relative times.
+pub fn decode(doc: &Value, received_ms: i64) -> Result<Vec<Record>, Reject> {
+    let pack = doc.as_array().ok_or_else(|| {
+        Reject::new(
+            RejectCode::MalformedPayload,
+            format!(
+                "a SenML pack is a JSON array, got {}",
+                super::json::kind(doc)
+            ),
+        )
+    })?;
+    let mut base_name = String::new();
+    let mut base_time = 0.0;
+    let mut base_unit = String::new();
+    let mut base_value = 0.0;
+    let mut out = Vec::with_capacity(pack.len());
+    for (i, rec) in pack.iter().enumerate() {
+        let bad =
+            |what: String| Reject::new(RejectCode::MalformedPayload, format!("record {i}: {what}"));
+        let obj = rec.as_object().ok_or_else(|| {
+            bad(format!(
+                "expected an object, got {}",
+                super::json::kind(rec)
+            ))
+        })?;
+        let num = |key: &str| -> Result<Option<f64>, Reject> {
+            match obj.get(key) {
+                None => Ok(None),
+                Some(Value::Number(n)) => Ok(n.as_f64()),
+                Some(other) => Err(bad(format!(
+                    "{key} must be a number, got {}",
+                    super::json::kind(other)
+                ))),
+            }
+        };
+        let text = |key: &str| -> Result<Option<&str>, Reject> {
+            match obj.get(key) {
+                None => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s)),
+                Some(other) => Err(bad(format!(
+                    "{key} must be a string, got {}",
+                    super::json::kind(other)
+                ))),
+            }
+        };
+        if let Some(bn) = text("bn")? {
+            base_name = bn.to_string();
+        }
+        if let Some(bt) = num("bt")? {
+            base_time = bt;
+        }
+        if let Some(bu) = text("bu")? {
+            base_unit = bu.to_string();
+        }
+        if let Some(bv) = num("bv")? {
+            base_value = bv;
+        }
+        let name = text("n")?.unwrap_or("");
+        let value = if let Some(v) = num("v")? {
+            SenmlValue::Number(base_value + v)
+        } else if let Some(vs) = text("vs")? {
+            SenmlValue::String(vs.to_string())
+        } else if let Some(vb) = obj.get("vb") {
+            SenmlValue::Bool(
+                vb.as_bool()
+                    .ok_or_else(|| bad("vb must be a boolean".into()))?,
+            )
+        } else if obj.contains_key("s") || obj.contains_key("vd") {
+            // sums and data values carry no canonical field
+            continue;
+        } else if name.is_empty() {
+            // a record of base fields only
+            continue;
+        } else {
+            return Err(bad(format!("{base_name}{name} has no value (v, vs or vb)")));
+        };
+        let t = base_time + num("t")?.unwrap_or(0.0);
+        let time_ms = if t.abs() >= RELATIVE_TIME_LIMIT {
+            (t * 1000.0).trunc() as i64
+        } else {
+            received_ms + (t * 1000.0).trunc() as i64
+        };
+        out.push(Record {
+            base_name: base_name.clone(),
+            name: name.to_string(),
+            unit: text("u")?
+                .map(str::to_string)
+                .unwrap_or_else(|| base_unit.clone()),
+            value,
+            time_ms,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn base_fields_carry_over_and_small_times_are_relative() {
+        let doc = json!([
+            {"bn": "dev:", "bt": 1741939200, "bu": "Cel", "n": "t", "v": 13.8},
+            {"n": "t", "v": 13.5, "t": -300},
+            {"bn": "other:", "bt": 0, "n": "p", "u": "Pa", "v": 1, "t": -60}
+        ]);
+        let r = decode(&doc, 1_000_000_000_000).unwrap();
+        assert_eq!(r[0].time_ms, 1_741_939_200_000);
+        assert_eq!(r[1].time_ms, 1_741_938_900_000);
+        assert_eq!(r[1].unit, "Cel");
+        assert_eq!(r[2].base_name, "other:");
+        assert_eq!(r[2].time_ms, 1_000_000_000_000 - 60_000);
+    }
+
+    #[test]
+    fn a_pack_that_is_not_an_array_is_malformed() {
+        let e = decode(&json!({"n": "x"}), 0).unwrap_err();
+        assert_eq!(e.code, RejectCode::MalformedPayload);
+    }
+}

@@ -1,0 +1,36 @@
+//! urbanflux: MQTT telemetry from Paris and San Francisco, normalised into one canonical model
+//! and written to a time-series store through the InfluxDB v2 write API.
+//!
+//! The data path reads top to bottom, one module per stage:
+//!
+//! ```text
+//! source::mqtt -> decode -> normalise -> spool -> batch -> sink::{influx, file}
+//!      ^                                                          |
+//!      +------------- ack: released once the store took it -------+
+//! ```
+//!
+//! - [`model`]: the types that cross stage boundaries (message, reading, reject).
+//! - [`schema`], [`units`], [`time`]: the canonical model, the unit registry, timestamps.
+//! - [`decode`] and [`normalise`]: pure functions, bytes and config in, readings or rejects out.
+//! - [`spool`], [`batch`], [`sink`]: holding, grouping and writing; [`ack`] carries the contract.
+//! - [`deadletter`]: where every rejected message goes, with its reason.
+//! - [`pipeline`] wires the stages; [`settings`] loads the configuration; [`demo`] runs it all
+//!   on an embedded broker with simulated gateways.
+
+pub mod ack;
+pub mod batch;
+pub mod deadletter;
+pub mod decode;
+pub mod demo;
+pub mod lineproto;
+pub mod model;
+pub mod normalise;
+pub mod pipeline;
+pub mod schema;
+pub mod settings;
+pub mod sink;
+pub mod source;
+pub mod spool;
+pub mod stats;
+pub mod time;
+pub mod units;

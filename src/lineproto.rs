@@ -1,0 +1,85 @@
+//! InfluxDB line protocol encoding (precision ms) over a reused buffer, escaping included.
+
+use std::fmt::Write;
+
+use crate::model::{FieldValue, Reading};
+
+/// Appends one line (with its trailing newline) for `reading` to `out`.
+/// Tags are written sorted by key, as InfluxDB recommends.
+pub fn encode(reading: &Reading, out: &mut String) {
+    escape(reading.measurement, &[',', ' '], out);
+    let mut tags: Vec<&(&str, String)> =
+        reading.tags.iter().filter(|(_, v)| !v.is_empty()).collect();
+    tags.sort_unstable_by_key(|(k, _)| *k);
+    for (key, value) in tags {
+        out.push(',');
+        escape(key, &[',', '=', ' '], out);
+        out.push('=');
+        escape(value, &[',', '=', ' '], out);
+    }
+    for (i, (key, value)) in reading.fields.iter().enumerate() {
+        out.push(if i == 0 { ' ' } else { ',' });
+        escape(key, &[',', '=', ' '], out);
+        out.push('=');
+        match value {
+            FieldValue::Int(v) => {
+                let _ = write!(out, "{v}i");
+            }
+            FieldValue::Float(v) => {
+                let _ = write!(out, "{v}");
+            }
+            FieldValue::Bool(v) => out.push_str(if *v { "true" } else { "false" }),
+            FieldValue::Str(v) => {
+                out.push('"');
+                escape(v, &['"', '\\'], out);
+                out.push('"');
+            }
+        }
+    }
+    let _ = writeln!(out, " {}", reading.time_ms);
+}
+
+pub fn to_line(reading: &Reading) -> String {
+    let mut s = String::with_capacity(160);
+    encode(reading, &mut s);
+    s
+}
+
+fn escape(text: &str, specials: &[char], out: &mut String) {
+    for c in text.chars() {
+        if specials.contains(&c) {
+            out.push('\\');
+        }
+        // A newline would end the line: line protocol has no escape for it.
+        out.push(if c == '\n' { ' ' } else { c });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reading_becomes_one_sorted_escaped_line() {
+        let r = Reading {
+            measurement: "bikeshare",
+            tags: vec![
+                ("sensor_id", "baywheels-8a1c".into()),
+                ("city", "sf".into()),
+                ("kind", "dock station".into()),
+            ],
+            fields: vec![
+                ("bikes_available", FieldValue::Int(7)),
+                ("is_renting", FieldValue::Bool(true)),
+                ("flow", FieldValue::Float(642.0)),
+                ("state", FieldValue::Str("say \"hi\"".into())),
+            ],
+            time_ms: 1741963290000,
+        };
+        assert_eq!(
+            to_line(&r),
+            "bikeshare,city=sf,kind=dock\\ station,sensor_id=baywheels-8a1c \
+             bikes_available=7i,is_renting=true,flow=642,state=\"say \\\"hi\\\"\" 1741963290000\n"
+        );
+    }
+}

@@ -1,0 +1,144 @@
+//! The types that cross stage boundaries: an MQTT message in, canonical readings or rejects out.
+//! No rumqttc or influxdb2 types live here.
+
+use chrono::{DateTime, Utc};
+use std::fmt;
+
+/// One MQTT message as the source hands it to decode/normalise.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    /// Broker receive time as seen by urbanflux (the only time a plain number has).
+    pub received_at: DateTime<Utc>,
+}
+
+/// A field value with the type fixed by the canonical schema.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldValue {
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Str(String),
+}
+
+/// One canonical point: measurement, tags, fields and a UTC time in milliseconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    pub measurement: &'static str,
+    /// Sorted by key when encoded; required tags first by convention.
+    pub tags: Vec<(&'static str, String)>,
+    pub fields: Vec<(&'static str, FieldValue)>,
+    pub time_ms: i64,
+}
+
+impl Reading {
+    pub fn tag(&self, key: &str) -> Option<&str> {
+        self.tags
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Why a message or a reading was refused: the closed set of DATAMODEL.md section 2.5.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RejectCode {
+    MalformedJson,
+    MalformedPayload,
+    UnsupportedUnit,
+    OutOfRange,
+    TimestampInFuture,
+    TimestampTooOld,
+    MissingSensorId,
+    BinaryPayload,
+    PayloadTooLarge,
+    AmbiguousLocalTime,
+    NonexistentLocalTime,
+    InconsistentCounts,
+    MissingDecodedPayload,
+    UnknownTopic,
+    /// The store refused the line for good (a 4xx other than auth/throttling).
+    StoreRejected,
+}
+
+impl RejectCode {
+    pub const ALL: [RejectCode; 15] = [
+        Self::MalformedJson,
+        Self::MalformedPayload,
+        Self::UnsupportedUnit,
+        Self::OutOfRange,
+        Self::TimestampInFuture,
+        Self::TimestampTooOld,
+        Self::MissingSensorId,
+        Self::BinaryPayload,
+        Self::PayloadTooLarge,
+        Self::AmbiguousLocalTime,
+        Self::NonexistentLocalTime,
+        Self::InconsistentCounts,
+        Self::MissingDecodedPayload,
+        Self::UnknownTopic,
+        Self::StoreRejected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MalformedJson => "malformed_json",
+            Self::MalformedPayload => "malformed_payload",
+            Self::UnsupportedUnit => "unsupported_unit",
+            Self::OutOfRange => "out_of_range",
+            Self::TimestampInFuture => "timestamp_in_future",
+            Self::TimestampTooOld => "timestamp_too_old",
+            Self::MissingSensorId => "missing_sensor_id",
+            Self::BinaryPayload => "binary_payload",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::AmbiguousLocalTime => "ambiguous_local_time",
+            Self::NonexistentLocalTime => "nonexistent_local_time",
+            Self::InconsistentCounts => "inconsistent_counts",
+            Self::MissingDecodedPayload => "missing_decoded_payload",
+            Self::UnknownTopic => "unknown_topic",
+            Self::StoreRejected => "store_rejected",
+        }
+    }
+}
+
+impl fmt::Display for RejectCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refused message or reading: the code is for counting, the detail for people.
+/// The detail names the field and what was wrong; the topic travels with the message.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{code}: {detail}")]
+pub struct Reject {
+    pub code: RejectCode,
+    pub detail: String,
+}
+
+impl Reject {
+    pub fn new(code: RejectCode, detail: impl Into<String>) -> Self {
+        Reject {
+            code,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// What decode + normalise made of one message. A message that carries many readings
+/// is judged reading by reading, so both lists can be non-empty.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub readings: Vec<Reading>,
+    pub rejects: Vec<Reject>,
+}
+
+impl Outcome {
+    pub fn rejected(reject: Reject) -> Self {
+        Outcome {
+            readings: Vec::new(),
+            rejects: vec![reject],
+        }
+    }
+}

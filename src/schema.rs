@@ -1,0 +1,495 @@
+//! The canonical model of DATAMODEL.md section 2 as data: measurements, their domains and kinds,
+//! field types with decimals, and ranges. `PointBuilder` is the only way normalisers make a
+//! `Reading`, so a field's type can never drift between writes.
+
+use crate::model::{FieldValue, Reading, Reject, RejectCode};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FieldType {
+    Int,
+    /// Float rounded half away from zero to this many decimals.
+    Float(u8),
+    Bool,
+    Str,
+}
+
+#[derive(Debug)]
+pub struct FieldSpec {
+    pub name: &'static str,
+    pub ty: FieldType,
+    /// Inclusive physical range; a value outside is `out_of_range`.
+    pub range: Option<(f64, f64)>,
+}
+
+#[derive(Debug)]
+pub struct MeasurementSpec {
+    pub name: &'static str,
+    pub domain: &'static str,
+    pub kinds: &'static [&'static str],
+    pub fields: &'static [FieldSpec],
+}
+
+const fn f(name: &'static str, decimals: u8) -> FieldSpec {
+    FieldSpec {
+        name,
+        ty: FieldType::Float(decimals),
+        range: None,
+    }
+}
+const fn fr(name: &'static str, decimals: u8, lo: f64, hi: f64) -> FieldSpec {
+    FieldSpec {
+        name,
+        ty: FieldType::Float(decimals),
+        range: Some((lo, hi)),
+    }
+}
+/// Counts are integers >= 0.
+const fn count(name: &'static str) -> FieldSpec {
+    FieldSpec {
+        name,
+        ty: FieldType::Int,
+        range: Some((0.0, f64::MAX)),
+    }
+}
+const fn int(name: &'static str) -> FieldSpec {
+    FieldSpec {
+        name,
+        ty: FieldType::Int,
+        range: None,
+    }
+}
+const fn b(name: &'static str) -> FieldSpec {
+    FieldSpec {
+        name,
+        ty: FieldType::Bool,
+        range: None,
+    }
+}
+const fn s(name: &'static str) -> FieldSpec {
+    FieldSpec {
+        name,
+        ty: FieldType::Str,
+        range: None,
+    }
+}
+
+const RATIO: (f64, f64) = (0.0, 1.0);
+const TEMP: (f64, f64) = (-50.0, 150.0);
+
+/// Device-health fields allowed on every measurement.
+pub static HEALTH_FIELDS: &[FieldSpec] = &[
+    fr("battery_ratio", 4, RATIO.0, RATIO.1),
+    f("battery_v", 2),
+    f("rssi_dbm", 1),
+    f("snr_db", 1),
+];
+
+pub static MEASUREMENTS: &[MeasurementSpec] = &[
+    MeasurementSpec {
+        name: "traffic",
+        domain: "transport",
+        kinds: &["road_loop", "freeway_vds", "bike_counter"],
+        fields: &[
+            count("count"),
+            fr("flow_per_h", 1, 0.0, f64::MAX),
+            fr("occupancy_ratio", 4, RATIO.0, RATIO.1),
+            fr("speed_kmh", 2, 0.0, 250.0),
+            count("period_s"),
+            s("traffic_state"),
+            s("road_status"),
+        ],
+    },
+    MeasurementSpec {
+        name: "bikeshare",
+        domain: "transport",
+        kinds: &["dock_station"],
+        fields: &[
+            count("bikes_available"),
+            count("mechanical_available"),
+            count("ebikes_available"),
+            count("bikes_disabled"),
+            count("docks_available"),
+            count("docks_disabled"),
+            count("capacity"),
+            b("is_installed"),
+            b("is_renting"),
+            b("is_returning"),
+        ],
+    },
+    MeasurementSpec {
+        name: "parking",
+        domain: "transport",
+        kinds: &["onstreet_block", "garage", "spot"],
+        fields: &[
+            count("spaces_operational"),
+            count("spaces_occupied"),
+            count("spaces_available"),
+            fr("occupancy_ratio", 4, RATIO.0, RATIO.1),
+            b("occupied"),
+        ],
+    },
+    MeasurementSpec {
+        name: "transit",
+        domain: "transport",
+        kinds: &["bus", "tram", "light_rail", "metro", "cable_car"],
+        fields: &[
+            fr("lat", 6, -90.0, 90.0),
+            fr("lon", 6, -180.0, 180.0),
+            fr("bearing_deg", 1, 0.0, 360.0),
+            fr("speed_kmh", 2, 0.0, 250.0),
+            int("delay_s"),
+            s("trip_id"),
+            s("stop_id"),
+        ],
+    },
+    MeasurementSpec {
+        name: "waste_container",
+        domain: "waste",
+        kinds: &["column", "trilib_module", "bin", "compactor"],
+        fields: &[
+            fr("fill_ratio", 4, RATIO.0, RATIO.1),
+            fr("distance_m", 3, 0.0, f64::MAX),
+            fr("temperature_c", 2, TEMP.0, TEMP.1),
+            count("compaction_count"),
+            b("tilted"),
+            b("lid_open"),
+        ],
+    },
+    MeasurementSpec {
+        name: "waste_collection",
+        domain: "waste",
+        kinds: &["truck_lift"],
+        fields: &[
+            fr("weight_kg", 2, 0.0, f64::MAX),
+            fr("lat", 6, -90.0, 90.0),
+            fr("lon", 6, -180.0, 180.0),
+            s("event"),
+            s("container_id"),
+        ],
+    },
+    MeasurementSpec {
+        name: "water",
+        domain: "networks",
+        kinds: &["meter", "quality_station"],
+        fields: &[
+            fr("volume_m3", 4, 0.0, f64::MAX),
+            f("volume_delta_m3", 4),
+            count("period_s"),
+            f("flow_m3_h", 3),
+            fr("pressure_bar", 3, 0.0, 25.0),
+            fr("temperature_c", 2, TEMP.0, TEMP.1),
+            fr("ph", 2, 0.0, 14.0),
+            fr("conductivity_us_cm", 1, 0.0, f64::MAX),
+            fr("turbidity_ntu", 3, 0.0, f64::MAX),
+            fr("chlorine_mg_l", 3, 0.0, f64::MAX),
+            b("leak_alarm"),
+            b("tamper_alarm"),
+            b("backflow_alarm"),
+        ],
+    },
+    MeasurementSpec {
+        name: "energy",
+        domain: "networks",
+        kinds: &["electric_meter", "heating_substation", "cooling_substation"],
+        fields: &[
+            f("active_power_w", 1),
+            fr("energy_kwh", 3, 0.0, f64::MAX),
+            fr("voltage_v", 1, 0.0, f64::MAX),
+            f("current_a", 3),
+            fr("power_factor", 3, -1.0, 1.0),
+            fr("frequency_hz", 3, 0.0, f64::MAX),
+            f("thermal_power_kw", 2),
+            fr("thermal_energy_kwh", 3, 0.0, f64::MAX),
+            fr("supply_temperature_c", 2, TEMP.0, 250.0),
+            fr("return_temperature_c", 2, TEMP.0, TEMP.1),
+            f("flow_m3_h", 3),
+        ],
+    },
+    MeasurementSpec {
+        name: "streetlight",
+        domain: "networks",
+        kinds: &["lamp", "cabinet"],
+        fields: &[
+            b("lamp_on"),
+            fr("dimming_ratio", 4, RATIO.0, RATIO.1),
+            fr("power_w", 1, 0.0, f64::MAX),
+            fr("energy_kwh", 3, 0.0, f64::MAX),
+            fr("voltage_v", 1, 0.0, f64::MAX),
+            f("current_a", 3),
+            fr("power_factor", 3, -1.0, 1.0),
+            b("fault"),
+        ],
+    },
+    MeasurementSpec {
+        name: "telecom",
+        domain: "networks",
+        kinds: &["wifi_hotspot"],
+        fields: &[
+            count("clients"),
+            count("sessions"),
+            count("rx_bytes"),
+            count("tx_bytes"),
+        ],
+    },
+];
+
+pub const CITIES: &[&str] = &["paris", "sf"];
+
+pub fn measurement(name: &str) -> Option<&'static MeasurementSpec> {
+    MEASUREMENTS.iter().find(|m| m.name == name)
+}
+
+/// Kinds are unique across measurements, so a kind names its measurement and domain.
+pub fn measurement_of_kind(kind: &str) -> Option<&'static MeasurementSpec> {
+    MEASUREMENTS.iter().find(|m| m.kinds.contains(&kind))
+}
+
+impl MeasurementSpec {
+    pub fn field(&self, name: &str) -> Option<&'static FieldSpec> {
+        self.fields
+            .iter()
+            .chain(HEALTH_FIELDS.iter())
+            .find(|f| f.name == name)
+    }
+}
+
+/// A sensor id is `<ns>-<native id>` with characters `[A-Za-z0-9._:@/-]`, at most 128.
+pub fn valid_sensor_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"._:@/-".contains(&c))
+}
+
+/// Builds one reading field by field, coercing each value to its schema type and rounding.
+#[derive(Debug)]
+pub struct PointBuilder {
+    spec: &'static MeasurementSpec,
+    tags: Vec<(&'static str, String)>,
+    fields: Vec<(&'static str, FieldValue)>,
+}
+
+impl PointBuilder {
+    pub fn new(spec: &'static MeasurementSpec) -> Self {
+        PointBuilder {
+            spec,
+            tags: Vec::with_capacity(8),
+            fields: Vec::with_capacity(8),
+        }
+    }
+
+    pub fn spec(&self) -> &'static MeasurementSpec {
+        self.spec
+    }
+
+    pub fn tag(&mut self, key: &'static str, value: impl Into<String>) -> &mut Self {
+        let value = value.into();
+        if let Some(slot) = self.tags.iter_mut().find(|(k, _)| *k == key) {
+            slot.1 = value;
+        } else {
+            self.tags.push((key, value));
+        }
+        self
+    }
+
+    fn spec_of(&self, field: &str) -> Result<&'static FieldSpec, Reject> {
+        self.spec.field(field).ok_or_else(|| {
+            Reject::new(
+                RejectCode::MalformedPayload,
+                format!(
+                    "field {field} is not part of measurement {}",
+                    self.spec.name
+                ),
+            )
+        })
+    }
+
+    fn set(&mut self, name: &'static str, value: FieldValue) {
+        if let Some(slot) = self.fields.iter_mut().find(|(k, _)| *k == name) {
+            slot.1 = value;
+        } else {
+            self.fields.push((name, value));
+        }
+    }
+
+    /// A number for any numeric or boolean field: rounded to the field's decimals (an integer
+    /// field takes the nearest integer) and checked against its range.
+    pub fn num(&mut self, field: &str, value: f64) -> Result<&mut Self, Reject> {
+        let spec = self.spec_of(field)?;
+        if !value.is_finite() {
+            return Err(Reject::new(
+                RejectCode::MalformedPayload,
+                format!("field {field}: {value} is not a finite number"),
+            ));
+        }
+        let value = match spec.ty {
+            FieldType::Int => value.round(),
+            FieldType::Float(d) => round_to(value, d),
+            FieldType::Bool => {
+                self.set(spec.name, FieldValue::Bool(value != 0.0));
+                return Ok(self);
+            }
+            FieldType::Str => {
+                return Err(Reject::new(
+                    RejectCode::MalformedPayload,
+                    format!("field {field} is a string, got the number {value}"),
+                ))
+            }
+        };
+        if let Some((lo, hi)) = spec.range {
+            if value < lo || value > hi {
+                return Err(Reject::new(
+                    RejectCode::OutOfRange,
+                    format!("field {field}: {value} is outside [{lo}, {hi}]"),
+                ));
+            }
+        }
+        let v = match spec.ty {
+            FieldType::Int => FieldValue::Int(value as i64),
+            _ => FieldValue::Float(value),
+        };
+        self.set(spec.name, v);
+        Ok(self)
+    }
+
+    pub fn bool(&mut self, field: &str, value: bool) -> Result<&mut Self, Reject> {
+        let spec = self.spec_of(field)?;
+        match spec.ty {
+            FieldType::Bool => self.set(spec.name, FieldValue::Bool(value)),
+            _ => {
+                return Err(Reject::new(
+                    RejectCode::MalformedPayload,
+                    format!("field {field} is not a boolean field"),
+                ))
+            }
+        }
+        Ok(self)
+    }
+
+    pub fn string(&mut self, field: &str, value: impl Into<String>) -> Result<&mut Self, Reject> {
+        let spec = self.spec_of(field)?;
+        match spec.ty {
+            FieldType::Str => self.set(spec.name, FieldValue::Str(value.into())),
+            _ => {
+                return Err(Reject::new(
+                    RejectCode::MalformedPayload,
+                    format!("field {field} is not a string field"),
+                ))
+            }
+        }
+        Ok(self)
+    }
+
+    pub fn has_fields(&self) -> bool {
+        !self.fields.is_empty()
+    }
+
+    /// Checks the required tags and cross-field consistency, then stamps the time.
+    pub fn finish(self, time_ms: i64) -> Result<Reading, Reject> {
+        let get = |k: &str| self.tags.iter().find(|(t, _)| *t == k).map(|(_, v)| v);
+        match get("sensor_id") {
+            None => {
+                return Err(Reject::new(
+                    RejectCode::MissingSensorId,
+                    "no sensor id in payload or topic",
+                ))
+            }
+            Some(id) if !valid_sensor_id(id) => {
+                return Err(Reject::new(
+                    RejectCode::MissingSensorId,
+                    format!(
+                        "sensor_id {id:?} is empty or has characters outside [A-Za-z0-9._:@/-]"
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+        for required in ["city", "domain", "kind", "source"] {
+            if get(required).is_none_or(|v| v.is_empty()) {
+                return Err(Reject::new(
+                    RejectCode::MalformedPayload,
+                    format!("required tag {required} is missing"),
+                ));
+            }
+        }
+        if self.fields.is_empty() {
+            return Err(Reject::new(
+                RejectCode::MalformedPayload,
+                "no canonical field could be read",
+            ));
+        }
+        let int = |k: &str| {
+            self.fields.iter().find_map(|(f, v)| match v {
+                FieldValue::Int(i) if *f == k => Some(*i),
+                _ => None,
+            })
+        };
+        if let (Some(occ), Some(oper)) = (int("spaces_occupied"), int("spaces_operational")) {
+            if occ > oper {
+                return Err(Reject::new(
+                    RejectCode::InconsistentCounts,
+                    format!("spaces_occupied {occ} exceeds spaces_operational {oper}"),
+                ));
+            }
+        }
+        Ok(Reading {
+            measurement: self.spec.name,
+            tags: self.tags,
+            fields: self.fields,
+            time_ms,
+        })
+    }
+}
+
+/// Rounds half away from zero to `decimals` places (DATAMODEL.md section 4).
+pub fn round_to(value: f64, decimals: u8) -> f64 {
+    let scale = 10f64.powi(decimals as i32);
+    // A few ulps of headroom so that a decimal tie stored as x.4999999 still rounds away from zero.
+    (value * scale * (1.0 + 4.0 * f64::EPSILON)).round() / scale
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_is_half_away_from_zero_and_survives_float_error() {
+        assert_eq!(round_to(0.1247, 4), 0.1247);
+        assert_eq!(round_to(2.5, 0), 3.0);
+        assert_eq!(round_to(-2.5, 0), -3.0);
+        assert_eq!(round_to(3495.884568, 4), 3495.8846);
+        assert_eq!(round_to(1.00005, 4), 1.0001);
+    }
+
+    #[test]
+    fn an_integer_field_takes_the_nearest_integer_never_a_float() {
+        let mut p = PointBuilder::new(measurement("traffic").unwrap());
+        p.num("count", 641.6).unwrap();
+        assert_eq!(p.fields[0].1, FieldValue::Int(642));
+    }
+
+    #[test]
+    fn a_ratio_above_one_is_out_of_range() {
+        let mut p = PointBuilder::new(measurement("waste_container").unwrap());
+        let err = p.num("fill_ratio", 1.37).unwrap_err();
+        assert_eq!(err.code, RejectCode::OutOfRange);
+        assert!(err.detail.contains("fill_ratio"));
+    }
+
+    #[test]
+    fn occupied_above_operational_is_inconsistent() {
+        let mut p = PointBuilder::new(measurement("parking").unwrap());
+        p.tag("city", "sf")
+            .tag("domain", "transport")
+            .tag("kind", "onstreet_block")
+            .tag("source", "sfpark")
+            .tag("sensor_id", "bfid-1");
+        p.num("spaces_occupied", 12.0).unwrap();
+        p.num("spaces_operational", 8.0).unwrap();
+        assert_eq!(
+            p.finish(0).unwrap_err().code,
+            RejectCode::InconsistentCounts
+        );
+    }
+}

@@ -1,0 +1,644 @@
+//! Configuration in two stages (ripgrep's lowargs -> hiargs): raw serde structs that refuse
+//! unknown keys, then validated settings with durations, non-zero limits and redacted secrets.
+//! Sources: a TOML file, then `URBANFLUX__<SECTION>__<KEY>` environment variables on top.
+//! Every error names the key and the fix.
+
+use std::fmt;
+use std::num::{NonZeroU16, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::normalise::Parser;
+use crate::schema;
+
+/// The shipped default configuration, also what `urbanflux demo` runs on.
+pub const DEFAULT_CONFIG: &str = include_str!("../config/urbanflux.toml");
+
+/// A configuration problem: which key, what is wrong, how to fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("config key `{key}`: {problem}; fix: {fix}")]
+pub struct ConfigError {
+    pub key: String,
+    pub problem: String,
+    pub fix: String,
+}
+
+fn err(key: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        problem: problem.into(),
+        fix: fix.into(),
+    }
+}
+
+/// A string that never prints itself (tokens, passwords).
+#[derive(Clone, Default, PartialEq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
+}
+
+// ---- stage 1: what the file says ------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    mqtt: RawMqtt,
+    influx: RawInflux,
+    #[serde(default)]
+    batch: RawBatch,
+    #[serde(default)]
+    spool: RawSpool,
+    #[serde(default)]
+    state: RawState,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    route: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMqtt {
+    url: String,
+    #[serde(default = "default_client_id")]
+    client_id: String,
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default = "default_keep_alive")]
+    keep_alive: String,
+    #[serde(default = "default_max_inflight")]
+    max_inflight: u32,
+    topics: Vec<String>,
+    #[serde(default = "default_reconnect_min")]
+    reconnect_min: String,
+    #[serde(default = "default_reconnect_max")]
+    reconnect_max: String,
+}
+
+fn default_client_id() -> String {
+    "urbanflux".into()
+}
+fn default_keep_alive() -> String {
+    "30s".into()
+}
+fn default_max_inflight() -> u32 {
+    1000
+}
+fn default_reconnect_min() -> String {
+    "500ms".into()
+}
+fn default_reconnect_max() -> String {
+    "30s".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInflux {
+    url: String,
+    org: String,
+    bucket: String,
+    #[serde(default)]
+    token: String,
+    #[serde(default = "default_influx_timeout")]
+    timeout: String,
+    #[serde(default = "default_true")]
+    gzip: bool,
+}
+
+fn default_influx_timeout() -> String {
+    "10s".into()
+}
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawBatch {
+    max_lines: usize,
+    max_age: String,
+    retry_max: String,
+}
+
+impl Default for RawBatch {
+    fn default() -> Self {
+        RawBatch {
+            max_lines: 5000,
+            max_age: "1s".into(),
+            retry_max: "30s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSpool {
+    max_messages: usize,
+}
+
+impl Default for RawSpool {
+    fn default() -> Self {
+        RawSpool {
+            max_messages: 20_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawState {
+    dir: PathBuf,
+}
+
+impl Default for RawState {
+    fn default() -> Self {
+        RawState {
+            dir: PathBuf::from("/var/lib/urbanflux"),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    max_payload_bytes: usize,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_payload_bytes: 262_144,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    topic: String,
+    parser: String,
+    #[serde(default)]
+    city: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    sensor_ns: Option<String>,
+}
+
+// ---- stage 2: what the program uses ----------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub mqtt: MqttSettings,
+    pub influx: InfluxSettings,
+    pub batch: BatchSettings,
+    pub spool: SpoolSettings,
+    pub state_dir: PathBuf,
+    pub max_payload_bytes: usize,
+    pub log_level: String,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MqttSettings {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub credentials: Option<(String, Secret)>,
+    pub keep_alive: Duration,
+    /// How many unacknowledged messages the broker lets us hold (its max_inflight_messages).
+    pub max_inflight: NonZeroU16,
+    pub topics: Vec<String>,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct InfluxSettings {
+    pub url: String,
+    pub org: String,
+    pub bucket: String,
+    pub token: Secret,
+    pub timeout: Duration,
+    pub gzip: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct BatchSettings {
+    pub max_lines: NonZeroUsize,
+    pub max_age: Duration,
+    pub retry_max: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct SpoolSettings {
+    pub max_messages: NonZeroUsize,
+}
+
+/// One topic route: which parser reads messages on topics matching `topic`.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub topic: String,
+    pub parser: Parser,
+    pub city: Option<String>,
+    pub kind: Option<String>,
+    pub sensor_ns: Option<String>,
+}
+
+impl Settings {
+    /// Reads `path`, then applies `URBANFLUX__*` environment overrides.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            err(
+                "--config",
+                format!("cannot read {}: {e}", path.display()),
+                "pass the path of a readable TOML file, e.g. config/urbanflux.toml",
+            )
+        })?;
+        Self::from_toml(&text)
+    }
+
+    /// Parses TOML text, then applies `URBANFLUX__*` environment overrides.
+    pub fn from_toml(text: &str) -> Result<Settings, ConfigError> {
+        let built = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("URBANFLUX")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true)
+                    .list_separator(",")
+                    .with_list_parse_key("mqtt.topics"),
+            )
+            .build()
+            .map_err(|e| {
+                err(
+                    "(file)",
+                    format!("{e}"),
+                    "correct the TOML syntax at the line and column given",
+                )
+            })?;
+        let raw: Raw = built.try_deserialize().map_err(from_config_error)?;
+        raw.validate()
+    }
+}
+
+fn from_config_error(e: config::ConfigError) -> ConfigError {
+    let text = e.to_string();
+    // serde says: "unknown field `urll`, expected one of ..." and config adds "for key `mqtt`".
+    if let Some(rest) = text.strip_prefix("unknown field `") {
+        let name = rest.split('`').next().unwrap_or("");
+        let section = text
+            .rsplit_once("for key `")
+            .map(|(_, k)| k.trim_end_matches('`').to_string());
+        let key = match section {
+            Some(s) if !s.is_empty() => format!("{s}.{name}"),
+            _ => name.to_string(),
+        };
+        let expected = text
+            .split_once("expected ")
+            .map(|(_, e)| e.split(" for key").next().unwrap_or(e).to_string())
+            .unwrap_or_default();
+        return err(
+            key,
+            "unknown key (misspelt, or from another version)",
+            format!("remove or rename it; expected {expected}"),
+        );
+    }
+    if let Some(rest) = text.strip_prefix("missing field `") {
+        let name = rest.split('`').next().unwrap_or("");
+        return err(
+            name,
+            "required key is missing",
+            "add it, see config/urbanflux.toml for its meaning",
+        );
+    }
+    err(
+        "(file)",
+        text,
+        "see config/urbanflux.toml for each key's type and meaning",
+    )
+}
+
+fn duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(text).map_err(|e| {
+        err(
+            key,
+            format!("{text:?} is not a duration ({e})"),
+            "write a duration such as \"500ms\", \"30s\" or \"5m\"",
+        )
+    })
+}
+
+fn non_empty(key: &str, value: &str, fix: &str) -> Result<(), ConfigError> {
+    if value.trim().is_empty() {
+        return Err(err(key, "must not be empty", fix));
+    }
+    Ok(())
+}
+
+/// `mqtt://host[:port]` (or `tcp://`) into host and port.
+fn parse_mqtt_url(url: &str) -> Result<(String, u16), ConfigError> {
+    let bad = |problem: String| {
+        err(
+            "mqtt.url",
+            problem,
+            "write mqtt://HOST:PORT, e.g. mqtt://127.0.0.1:1883",
+        )
+    };
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .ok_or_else(|| bad(format!("{url:?} does not start with mqtt://")))?;
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+            let port = p
+                .parse::<u16>()
+                .map_err(|_| bad(format!("port {p:?} is not a number from 1 to 65535")))?;
+            (h, port)
+        }
+        _ => (rest, 1883),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port == 0 {
+        return Err(bad(format!("{url:?} has no host or port")));
+    }
+    Ok((host.to_string(), port))
+}
+
+impl Raw {
+    fn validate(self) -> Result<Settings, ConfigError> {
+        let (host, port) = parse_mqtt_url(&self.mqtt.url)?;
+        non_empty(
+            "mqtt.client_id",
+            &self.mqtt.client_id,
+            "set a stable id, unique per urbanflux instance: the broker keeps the session under it",
+        )?;
+        if self.mqtt.topics.is_empty() {
+            return Err(err(
+                "mqtt.topics",
+                "no topic to subscribe to",
+                "list MQTT topic filters, e.g. [\"paris/#\", \"sf/#\"]",
+            ));
+        }
+        for t in &self.mqtt.topics {
+            check_filter("mqtt.topics", t)?;
+        }
+        let max_inflight = u16::try_from(self.mqtt.max_inflight)
+            .ok()
+            .and_then(NonZeroU16::new)
+            .ok_or_else(|| {
+                err(
+                    "mqtt.max_inflight",
+                    format!("{} is not within 1..=65535", self.mqtt.max_inflight),
+                    "set it to the broker's max_inflight_messages (mosquitto: 1000 recommended)",
+                )
+            })?;
+        let credentials = if self.mqtt.username.is_empty() {
+            None
+        } else {
+            Some((self.mqtt.username, Secret::new(self.mqtt.password)))
+        };
+        let reconnect_min = duration("mqtt.reconnect_min", &self.mqtt.reconnect_min)?;
+        let reconnect_max = duration("mqtt.reconnect_max", &self.mqtt.reconnect_max)?;
+        if reconnect_min > reconnect_max || reconnect_min.is_zero() {
+            return Err(err(
+                "mqtt.reconnect_min",
+                "must be above zero and not above mqtt.reconnect_max",
+                "e.g. reconnect_min = \"500ms\", reconnect_max = \"30s\"",
+            ));
+        }
+
+        let url = self.influx.url.trim_end_matches('/').to_string();
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+            return Err(err(
+                "influx.url",
+                format!("{url:?} is not an http(s) URL"),
+                "write http://HOST:PORT, e.g. http://127.0.0.1:8086",
+            ));
+        }
+        non_empty(
+            "influx.org",
+            &self.influx.org,
+            "set the InfluxDB organisation name",
+        )?;
+        non_empty(
+            "influx.bucket",
+            &self.influx.bucket,
+            "set the InfluxDB bucket name",
+        )?;
+
+        let max_lines = NonZeroUsize::new(self.batch.max_lines).ok_or_else(|| {
+            err(
+                "batch.max_lines",
+                "must be at least 1",
+                "e.g. max_lines = 5000",
+            )
+        })?;
+        let max_age = duration("batch.max_age", &self.batch.max_age)?;
+        let retry_max = duration("batch.retry_max", &self.batch.retry_max)?;
+        let spool_max = NonZeroUsize::new(self.spool.max_messages).ok_or_else(|| {
+            err(
+                "spool.max_messages",
+                "must be at least 1",
+                "e.g. max_messages = 20000",
+            )
+        })?;
+        if self.limits.max_payload_bytes == 0 {
+            return Err(err(
+                "limits.max_payload_bytes",
+                "must be at least 1",
+                "e.g. 262144 (256 KiB)",
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
+            err(
+                "log.level",
+                format!("{:?} is not a log filter ({e})", self.log.level),
+                "use error, warn, info, debug or trace (or an EnvFilter directive)",
+            )
+        })?;
+
+        let mut routes = Vec::with_capacity(self.route.len());
+        for (i, r) in self.route.into_iter().enumerate() {
+            routes.push(r.validate(i)?);
+        }
+
+        Ok(Settings {
+            mqtt: MqttSettings {
+                host,
+                port,
+                client_id: self.mqtt.client_id,
+                credentials,
+                keep_alive: duration("mqtt.keep_alive", &self.mqtt.keep_alive)?,
+                max_inflight,
+                topics: self.mqtt.topics,
+                reconnect_min,
+                reconnect_max,
+            },
+            influx: InfluxSettings {
+                url,
+                org: self.influx.org,
+                bucket: self.influx.bucket,
+                token: Secret::new(self.influx.token),
+                timeout: duration("influx.timeout", &self.influx.timeout)?,
+                gzip: self.influx.gzip,
+            },
+            batch: BatchSettings {
+                max_lines,
+                max_age,
+                retry_max,
+            },
+            spool: SpoolSettings {
+                max_messages: spool_max,
+            },
+            state_dir: self.state.dir,
+            max_payload_bytes: self.limits.max_payload_bytes,
+            log_level: self.log.level,
+            routes,
+        })
+    }
+}
+
+fn check_filter(key: &str, filter: &str) -> Result<(), ConfigError> {
+    let levels: Vec<&str> = filter.split('/').collect();
+    let ok = !filter.is_empty()
+        && levels.iter().enumerate().all(|(i, l)| {
+            (*l == "#" && i == levels.len() - 1)
+                || *l == "+"
+                || (!l.contains('#') && !l.contains('+'))
+        });
+    if !ok {
+        return Err(err(
+            key,
+            format!("{filter:?} is not an MQTT topic filter"),
+            "use / separated levels; + matches one level, # only as the last level",
+        ));
+    }
+    Ok(())
+}
+
+impl RawRoute {
+    fn validate(self, i: usize) -> Result<Route, ConfigError> {
+        let key = |k: &str| format!("route[{i}].{k}");
+        check_filter(&key("topic"), &self.topic)?;
+        let parser = Parser::from_name(&self.parser).ok_or_else(|| {
+            err(
+                key("parser"),
+                format!("unknown parser {:?}", self.parser),
+                format!("use one of: {}", Parser::NAMES.join(", ")),
+            )
+        })?;
+        if let Some(city) = &self.city {
+            if !schema::CITIES.contains(&city.as_str()) {
+                return Err(err(
+                    key("city"),
+                    format!("unknown city {city:?}"),
+                    format!("use one of: {}", schema::CITIES.join(", ")),
+                ));
+            }
+        }
+        if let Some(kind) = &self.kind {
+            if schema::measurement_of_kind(kind).is_none() {
+                return Err(err(
+                    key("kind"),
+                    format!("unknown kind {kind:?}"),
+                    "use a kind of DATAMODEL.md section 2.2, e.g. quality_station",
+                ));
+            }
+        }
+        Ok(Route {
+            topic: self.topic,
+            parser,
+            city: self.city,
+            kind: self.kind,
+            sensor_ns: self.sensor_ns,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_is_valid() {
+        let s = Settings::from_toml(DEFAULT_CONFIG).unwrap();
+        assert!(!s.routes.is_empty());
+        assert!(format!("{:?}", s.influx.token).contains("\"\""));
+    }
+
+    #[test]
+    fn a_misspelt_key_is_named() {
+        let text = DEFAULT_CONFIG.replacen("client_id =", "client_idd =", 1);
+        let e = Settings::from_toml(&text).unwrap_err();
+        assert!(e.to_string().contains("client_idd"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_duration_names_its_key_and_the_fix() {
+        let text = DEFAULT_CONFIG.replacen("max_age = \"1s\"", "max_age = \"soon\"", 1);
+        let e = Settings::from_toml(&text).unwrap_err();
+        assert_eq!(e.key, "batch.max_age", "{e}");
+        assert!(e.fix.contains("30s"));
+    }
+
+    #[test]
+    fn mqtt_urls_are_read_with_a_default_port() {
+        assert_eq!(
+            parse_mqtt_url("mqtt://127.0.0.1:1884").unwrap(),
+            ("127.0.0.1".into(), 1884)
+        );
+        assert_eq!(
+            parse_mqtt_url("mqtt://broker").unwrap(),
+            ("broker".into(), 1883)
+        );
+        assert_eq!(
+            parse_mqtt_url("mqtt://[::1]:1883").unwrap(),
+            ("::1".into(), 1883)
+        );
+        assert!(parse_mqtt_url("http://x").is_err());
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "\"***\"");
+    }
+}

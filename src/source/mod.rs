@@ -1,0 +1,3 @@
+//! Sources: where messages come from. Only this module talks MQTT.
+
+pub mod mqtt;

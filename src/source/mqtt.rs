@@ -1,0 +1,179 @@
+//! The MQTT source: a persistent QoS 1 session with manual acknowledgements. It forwards each
+//! publish downstream with an `Ack` and sends the PUBACK only when that `Ack` is released, so an
+//! unacknowledged message stays with the broker and comes back after a crash.
+//!
+//! The poll loop never waits on the pipeline: acknowledgements and keep-alives only leave while
+//! `poll()` runs. The broker's inflight window (mqtt.max_inflight) bounds what we hold.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use rand::Rng;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, SubscribeReasonCode};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::ack::{Ack, AckToken, Acker};
+use crate::model::Message;
+use crate::settings::MqttSettings;
+
+/// Largest packet we accept from the broker. Far above limits.max_payload_bytes on purpose: an
+/// oversized payload must arrive to be dead-lettered, or it would break the connection forever.
+const MAX_INCOMING_PACKET: usize = 16 * 1024 * 1024;
+/// How long a clean disconnect may take at shutdown.
+const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
+
+/// One message and the handle that acknowledges it.
+#[derive(Debug)]
+pub struct Delivery {
+    pub message: Message,
+    pub ack: Ack,
+}
+
+struct ClientAcker(AsyncClient);
+
+impl Acker for ClientAcker {
+    fn ack(&self, token: AckToken) {
+        if token.qos == 0 {
+            return;
+        }
+        let mut p = Publish::new("", QoS::AtLeastOnce, Vec::new());
+        p.pkid = token.pkid;
+        // The request channel holds more than the inflight window, so this does not fill up;
+        // if it ever did, the message is redelivered later: a duplicate, never a loss.
+        if let Err(e) = self.0.try_ack(&p) {
+            warn!(error = %e, pkid = token.pkid, "could not queue PUBACK; the broker will redeliver");
+        }
+    }
+}
+
+fn options(s: &MqttSettings) -> MqttOptions {
+    let mut o = MqttOptions::new(&s.client_id, &s.host, s.port);
+    o.set_keep_alive(s.keep_alive)
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        .set_max_packet_size(MAX_INCOMING_PACKET, 1024 * 1024);
+    if let Some((user, pass)) = &s.credentials {
+        o.set_credentials(user, pass.expose());
+    }
+    o
+}
+
+/// Events the pipeline cares about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceEvent {
+    /// Connected and every subscription acknowledged.
+    Ready,
+}
+
+/// Runs the source until `finish` is cancelled. Stops forwarding when `stop_intake` is cancelled
+/// (messages received after that are left unacknowledged for redelivery) but keeps polling so
+/// that the last acknowledgements leave.
+pub async fn run(
+    settings: MqttSettings,
+    deliveries: mpsc::UnboundedSender<Delivery>,
+    events: mpsc::UnboundedSender<SourceEvent>,
+    stop_intake: CancellationToken,
+    finish: CancellationToken,
+) {
+    let capacity = usize::from(settings.max_inflight.get()) * 2 + 64;
+    let (client, mut eventloop) = AsyncClient::new(options(&settings), capacity);
+    let acker: Arc<dyn Acker> = Arc::new(ClientAcker(client.clone()));
+    let mut deliveries = Some(deliveries);
+    let mut backoff = settings.reconnect_min;
+    let mut pending_subacks = 0usize;
+    let mut announced_ready = false;
+
+    loop {
+        let event = tokio::select! {
+            // The whole pipeline has drained: say goodbye.
+            _ = finish.cancelled() => break,
+            // Shutdown begins: dropping the sender ends the next stage once it has drained.
+            _ = stop_intake.cancelled(), if deliveries.is_some() => {
+                deliveries = None;
+                continue;
+            }
+            // The next packet, or a connection error.
+            ev = eventloop.poll() => ev,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                info!(session_present = ack.session_present, host = %settings.host, port = settings.port, "connected to broker");
+                backoff = settings.reconnect_min;
+                // Subscribe on every ConnAck: a broker that lost our session forgets them.
+                let filters: Vec<_> = settings
+                    .topics
+                    .iter()
+                    .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce))
+                    .collect();
+                pending_subacks = 1;
+                if let Err(e) = client.try_subscribe_many(filters) {
+                    error!(error = %e, "could not queue SUBSCRIBE");
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(suback))) => {
+                let mut refused = false;
+                for (code, topic) in suback.return_codes.iter().zip(&settings.topics) {
+                    if matches!(code, SubscribeReasonCode::Failure) {
+                        refused = true;
+                        error!(topic = %topic, "broker refused the subscription (check its ACLs)");
+                    }
+                }
+                pending_subacks = pending_subacks.saturating_sub(1);
+                if pending_subacks == 0 && !refused && !announced_ready {
+                    announced_ready = true;
+                    info!(topics = ?settings.topics, "urbanflux ready");
+                    let _ = events.send(SourceEvent::Ready);
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let Some(tx) = &deliveries else {
+                    debug!(topic = %p.topic, "shutting down: left for redelivery");
+                    continue;
+                };
+                let token = AckToken {
+                    pkid: p.pkid,
+                    qos: p.qos as u8,
+                };
+                let message = Message {
+                    topic: p.topic.clone(),
+                    payload: p.payload.to_vec(),
+                    received_at: Utc::now(),
+                };
+                let delivery = Delivery {
+                    message,
+                    ack: Ack::new(token, acker.clone()),
+                };
+                if tx.send(delivery).is_err() {
+                    deliveries = None;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let jitter = rand::rng().random_range(0.0..0.5);
+                let wait = backoff.mul_f64(1.0 + jitter);
+                warn!(error = %e, retry_in = ?wait, "mqtt connection lost, reconnecting");
+                tokio::select! {
+                    _ = finish.cancelled() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                backoff = (backoff * 2).min(settings.reconnect_max);
+            }
+        }
+    }
+
+    // Let the last PUBACKs and a DISCONNECT leave before returning.
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(DISCONNECT_GRACE, async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    info!("mqtt source stopped");
+}
