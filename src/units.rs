@@ -185,7 +185,9 @@ mod tests {
 
     #[test]
     fn conversions_use_the_exact_constants() {
-        assert!((convert("volume_m3", "CCF", 1234.56).unwrap() - 3495.884_612_861_952).abs() < 1e-9);
+        assert!(
+            (convert("volume_m3", "CCF", 1234.56).unwrap() - 3_495.884_612_861_952).abs() < 1e-9
+        );
         assert!((convert("temperature_c", "degF", 68.0).unwrap() - 20.0).abs() < 1e-12);
         assert!((convert("speed_kmh", "mph", 60.0).unwrap() - 96.56064).abs() < 1e-9);
         assert!((convert("pressure_bar", "Pa", 412500.0).unwrap() - 4.125).abs() < 1e-12);

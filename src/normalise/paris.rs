@@ -29,12 +29,14 @@ fn traffic_state(v: &Value) -> Result<&'static str, Reject> {
         "Saturé" | "Sature" => "congested",
         "Bloqué" | "Bloque" => "blocked",
         "Inconnu" => "unknown",
-        _ => return Err(Reject::new(
-            RejectCode::MalformedPayload,
-            format!(
+        _ => {
+            return Err(Reject::new(
+                RejectCode::MalformedPayload,
+                format!(
                 "field etat_trafic: {label:?} is not Fluide, Pré-saturé, Saturé, Bloqué or Inconnu"
             ),
-        )),
+            ))
+        }
     })
 }
 
