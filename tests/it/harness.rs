@@ -728,7 +728,7 @@ pub fn distinct_samples(samples: Vec<Sample>) -> Vec<Sample> {
             out.push(sample);
         }
     }
-    out.sort_by(|a, b| key_of(a).cmp(&key_of(b)));
+    out.sort_by_key(key_of);
     out
 }
 
