@@ -1,7 +1,11 @@
-//! Batch: gathers envelopes from the spool into one write, by count of lines, by count of
-//! unacknowledged messages (the broker's inflight window) and by age, writes it to every sink,
-//! and releases the acknowledgements in arrival order once all sinks took it.
+//! Batch: reads what the spool has made durable, writes it to every sink in batches of at most
+//! `batch.max_lines` readings (or what `batch.max_age` gathered), and commits the spool position
+//! once all sinks took it. Failures are handled by kind: retry with capped exponential backoff
+//! and jitter (honouring Retry-After), split on 413, bisect on 400 until only the refused lines
+//! remain (those are dead-lettered), and keep everything on 401/403/404 while reporting
+//! not-ready.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rand::Rng;
@@ -10,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::model::{Reject, RejectCode};
-use crate::sink::Sink;
-use crate::spool::{Envelope, SpoolReader};
+use crate::sink::{Sink, SinkError};
+use crate::spool::{Record, SpoolReader};
 use crate::stats::Stats;
 
 /// First wait after a failed write; doubles up to batch.retry_max.
@@ -20,39 +24,20 @@ const RETRY_MIN: Duration = Duration::from_millis(200);
 #[derive(Debug, Clone)]
 pub struct BatchLimits {
     pub max_lines: usize,
-    pub max_messages: usize,
     pub max_age: Duration,
     pub retry_max: Duration,
 }
 
-/// Where permanently refused lines go (the dead-letter store).
+/// Where lines the store refuses for good go (the dead-letter store).
 pub trait Refused: Send {
-    fn refused(&mut self, envelope: &Envelope, reject: &Reject);
+    fn refused(&mut self, topic: &str, line: &str, reject: &Reject);
 }
 
-#[derive(Debug, Default)]
-struct Batch {
-    envelopes: Vec<Envelope>,
-    body: String,
-    lines: usize,
-    started: Option<Instant>,
-}
+/// The drain deadline passed: stop, leaving the rest in the spool.
+#[derive(Debug)]
+pub struct Abandoned;
 
-impl Batch {
-    fn push(&mut self, e: Envelope) {
-        self.started.get_or_insert_with(Instant::now);
-        self.body.push_str(&e.lines);
-        self.lines += e.readings;
-        self.envelopes.push(e);
-    }
-
-    fn full(&self, limits: &BatchLimits) -> bool {
-        self.lines >= limits.max_lines || self.envelopes.len() >= limits.max_messages
-    }
-}
-
-/// Runs until the spool is closed and drained, or until `abandon` fires (the drain deadline at
-/// shutdown): what is not written by then stays unacknowledged, and the broker keeps it.
+/// Runs until the spool writer is gone and everything is delivered, or until `abandon` fires.
 pub async fn run(
     mut spool: SpoolReader,
     mut sinks: Vec<Sink>,
@@ -60,107 +45,133 @@ pub async fn run(
     refused: &mut dyn Refused,
     stats: &Stats,
     abandon: CancellationToken,
-) {
-    let mut batch = Batch::default();
+) -> std::io::Result<()> {
     loop {
-        let deadline = batch.started.map(|s| s + limits.max_age);
-        let next = tokio::select! {
-            // The drain deadline passed: leave the rest to the broker.
+        let more = tokio::select! {
+            // Shutdown deadline: what is left stays in the spool.
             _ = abandon.cancelled() => break,
-            // The oldest reading of the batch has waited long enough.
-            _ = sleep_until(deadline) => None,
-            // The next envelope, or the end of the spool.
-            e = spool.next() => match e {
-                Some(e) => Some(e),
-                None => {
-                    flush(&mut batch, &mut sinks, &limits, refused, stats, &abandon).await;
-                    break;
-                }
-            },
+            // Durable records to deliver, or the end of the spool.
+            more = spool.wait() => more,
         };
-        match next {
-            Some(e) => {
-                batch.push(e);
-                if batch.full(&limits) {
-                    flush(&mut batch, &mut sinks, &limits, refused, stats, &abandon).await;
+        if !more {
+            break;
+        }
+        let started = Instant::now();
+        let (mut records, mut upto) = spool.read(usize::MAX, limits.max_lines)?;
+        let mut lines: usize = records.iter().map(|r| r.readings as usize).sum();
+        // Gather for up to max_age: fewer, larger writes.
+        while lines < limits.max_lines {
+            let more = tokio::select! {
+                _ = abandon.cancelled() => false,
+                _ = tokio::time::sleep_until(started + limits.max_age) => false,
+                more = spool.wait() => more,
+            };
+            if !more {
+                break;
+            }
+            let (r, p) = spool.read(usize::MAX, limits.max_lines - lines)?;
+            lines += r.iter().map(|r| r.readings as usize).sum::<usize>();
+            records.extend(r);
+            upto = p;
+        }
+        if lines > 0 {
+            let refs = line_refs(&records);
+            for sink in sinks.iter_mut() {
+                if deliver(sink, &records, &refs, &limits, refused, stats, &abandon)
+                    .await
+                    .is_err()
+                {
+                    info!(
+                        pending_bytes = spool.pending_bytes(),
+                        "drain deadline passed; the rest stays in the spool"
+                    );
+                    return Ok(());
                 }
             }
-            None => flush(&mut batch, &mut sinks, &limits, refused, stats, &abandon).await,
+            stats.written.fetch_add(lines as u64, Ordering::Relaxed);
         }
+        spool.commit(upto)?;
     }
-    info!(
-        unwritten_messages = batch.envelopes.len(),
-        "batch stage stopped"
-    );
+    Ok(())
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
+/// Every line of the batch with the index of its record (for the dead-letter topic).
+fn line_refs(records: &[Record]) -> Vec<(usize, &str)> {
+    records
+        .iter()
+        .enumerate()
+        .flat_map(|(i, r)| r.lines.lines().map(move |l| (i, l)))
+        .collect()
 }
 
-async fn flush(
-    batch: &mut Batch,
-    sinks: &mut [Sink],
+async fn deliver(
+    sink: &mut Sink,
+    records: &[Record],
+    lines: &[(usize, &str)],
     limits: &BatchLimits,
     refused: &mut dyn Refused,
     stats: &Stats,
     abandon: &CancellationToken,
-) {
-    if batch.envelopes.is_empty() {
-        return;
-    }
-    let mut done = vec![false; sinks.len()];
-    let mut wait = RETRY_MIN;
-    let mut permanent: Option<String> = None;
-    if batch.lines > 0 {
-        loop {
-            for (i, sink) in sinks.iter_mut().enumerate() {
-                if done[i] {
-                    continue;
-                }
-                match sink.write(&batch.body).await {
-                    Ok(()) => done[i] = true,
-                    Err(e) if e.retriable => {
-                        stats
-                            .write_retries
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        warn!(sink = sink.name(), error = %e, lines = batch.lines, retry_in = ?wait, "store write failed, will retry");
-                    }
-                    Err(e) => {
-                        error!(sink = sink.name(), error = %e, lines = batch.lines, "store refused the batch; dead-lettering it");
-                        permanent = Some(e.message);
-                        done[i] = true;
-                    }
-                }
-            }
-            if done.iter().all(|d| *d) {
-                break;
-            }
-            let jittered = wait.mul_f64(1.0 + rand::rng().random_range(0.0..0.3));
-            tokio::select! {
-                // Shutdown deadline: keep the batch unacknowledged, the broker redelivers it.
-                _ = abandon.cancelled() => return,
-                // Backoff before the next attempt.
-                _ = tokio::time::sleep(jittered) => {}
-            }
-            wait = (wait * 2).min(limits.retry_max);
+) -> Result<(), Abandoned> {
+    let mut body = Vec::with_capacity(lines.len() * 200);
+    let mut backoff = RETRY_MIN;
+    // Ranges still to write, last = next; halves are pushed right first so order is kept.
+    let mut todo: Vec<std::ops::Range<usize>> = Vec::with_capacity(8);
+    todo.push(0..lines.len());
+    while let Some(range) = todo.pop() {
+        body.clear();
+        for (_, line) in &lines[range.clone()] {
+            body.extend_from_slice(line.as_bytes());
+            body.push(b'\n');
         }
-    }
-    let batch = std::mem::take(batch);
-    if let Some(reason) = &permanent {
-        let reject = Reject::new(RejectCode::StoreRejected, reason.clone());
-        for e in batch.envelopes.iter().filter(|e| e.readings > 0) {
-            refused.refused(e, &reject);
+        let wait = match sink.write(&body).await {
+            Ok(()) => {
+                backoff = RETRY_MIN;
+                stats.health.store_ok();
+                continue;
+            }
+            Err(SinkError::Retry { message, after }) => {
+                stats.write_retries.fetch_add(1, Ordering::Relaxed);
+                stats.health.store_failing(false);
+                let wait = after.unwrap_or_else(|| jitter(backoff));
+                warn!(sink = sink.name(), error = %message, lines = range.len(), retry_in = ?wait, "store write failed, will retry");
+                wait
+            }
+            Err(SinkError::Auth { message }) => {
+                stats.write_retries.fetch_add(1, Ordering::Relaxed);
+                stats.health.store_failing(true);
+                let wait = jitter(backoff);
+                error!(sink = sink.name(), error = %message, retry_in = ?wait,
+                    "store refuses our credentials or does not know the bucket/org: fix influx.token, influx.org or influx.bucket; readings stay in the spool");
+                wait
+            }
+            Err(SinkError::TooLarge { .. } | SinkError::Refused { .. }) if range.len() > 1 => {
+                let mid = range.start + range.len() / 2;
+                todo.push(mid..range.end);
+                todo.push(range.start..mid);
+                continue;
+            }
+            Err(e @ (SinkError::TooLarge { .. } | SinkError::Refused { .. })) => {
+                let (record, line) = lines[range.start];
+                let reject = Reject::new(RejectCode::StoreRejected, e.to_string());
+                error!(sink = sink.name(), topic = %records[record].topic, error = %e, "store refused a line; dead-lettering it");
+                refused.refused(&records[record].topic, line, &reject);
+                stats.rejected("store", RejectCode::StoreRejected);
+                continue;
+            }
+        };
+        todo.push(range);
+        tokio::select! {
+            // Shutdown deadline: keep the batch in the spool.
+            _ = abandon.cancelled() => return Err(Abandoned),
+            // Backoff (or Retry-After) before the next attempt.
+            _ = tokio::time::sleep(wait) => {}
         }
-    } else {
-        stats
-            .written
-            .fetch_add(batch.lines as u64, std::sync::atomic::Ordering::Relaxed);
+        backoff = (backoff * 2).min(limits.retry_max);
     }
-    for e in batch.envelopes {
-        e.ack.release();
-    }
+    Ok(())
+}
+
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(1.0 + rand::rng().random_range(0.0..0.3))
 }

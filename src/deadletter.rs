@@ -52,6 +52,23 @@ impl DeadLetters {
         payload: &[u8],
         reject: &Reject,
     ) -> io::Result<()> {
+        self.append(at, topic, payload, reject)?;
+        self.sync()
+    }
+
+    /// Makes every appended entry durable (group commit with the spool).
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// Appends one entry without syncing it; call `sync` before releasing its ack.
+    pub fn append(
+        &mut self,
+        at: DateTime<Utc>,
+        topic: &str,
+        payload: &[u8],
+        reject: &Reject,
+    ) -> io::Result<()> {
         let text = std::str::from_utf8(payload).ok();
         let entry = Entry {
             time: at.to_rfc3339_opts(SecondsFormat::Millis, true),
@@ -66,7 +83,6 @@ impl DeadLetters {
         };
         let mut line = serde_json::to_vec(&entry)?;
         line.push(b'\n');
-        self.file.write_all(&line)?;
-        self.file.sync_data()
+        self.file.write_all(&line)
     }
 }

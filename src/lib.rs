@@ -6,13 +6,14 @@
 //! ```text
 //! source::mqtt -> decode -> normalise -> spool -> batch -> sink::{influx, file}
 //!      ^                                                          |
-//!      +------------- ack: released once the store took it -------+
+//!      +---------- ack: released once the spool has fsynced it -----+
 //! ```
 //!
 //! - [`model`]: the types that cross stage boundaries (message, reading, reject).
 //! - [`schema`], [`units`], [`time`]: the canonical model, the unit registry, timestamps.
 //! - [`decode`] and [`normalise`]: pure functions, bytes and config in, readings or rejects out.
-//! - [`spool`], [`batch`], [`sink`]: holding, grouping and writing; [`ack`] carries the contract.
+//! - [`spool`] (durable, on disk), [`batch`], [`sink`]: holding, grouping and writing;
+//!   [`ack`] carries the contract, [`health`] says whether we are ready.
 //! - [`deadletter`]: where every rejected message goes, with its reason.
 //! - [`pipeline`] wires the stages; [`settings`] loads the configuration; [`demo`] runs it all
 //!   on an embedded broker with simulated gateways.
@@ -22,6 +23,7 @@ pub mod batch;
 pub mod deadletter;
 pub mod decode;
 pub mod demo;
+pub mod health;
 pub mod lineproto;
 pub mod model;
 pub mod normalise;

@@ -67,6 +67,8 @@ struct Raw {
     #[serde(default)]
     spool: RawSpool,
     #[serde(default)]
+    shutdown: RawShutdown,
+    #[serde(default)]
     state: RawState,
     #[serde(default)]
     limits: RawLimits,
@@ -95,6 +97,9 @@ struct RawMqtt {
     reconnect_min: String,
     #[serde(default = "default_reconnect_max")]
     reconnect_max: String,
+    /// Topic filter -> longest expected silence, e.g. { "sf/#" = "5m" }.
+    #[serde(default)]
+    expected_interval: std::collections::BTreeMap<String, String>,
 }
 
 fn default_client_id() -> String {
@@ -155,13 +160,33 @@ impl Default for RawBatch {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawSpool {
-    max_messages: usize,
+    max_bytes: String,
+    segment_bytes: String,
+    sync_interval: String,
+    sync_bytes: String,
 }
 
 impl Default for RawSpool {
     fn default() -> Self {
         RawSpool {
-            max_messages: 20_000,
+            max_bytes: "1GiB".into(),
+            segment_bytes: "16MiB".into(),
+            sync_interval: "20ms".into(),
+            sync_bytes: "1MiB".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawShutdown {
+    drain_timeout: String,
+}
+
+impl Default for RawShutdown {
+    fn default() -> Self {
+        RawShutdown {
+            drain_timeout: "10s".into(),
         }
     }
 }
@@ -229,6 +254,8 @@ pub struct Settings {
     pub influx: InfluxSettings,
     pub batch: BatchSettings,
     pub spool: SpoolSettings,
+    /// How long a shutdown may spend draining the spool into the store.
+    pub drain_timeout: Duration,
     pub state_dir: PathBuf,
     pub max_payload_bytes: usize,
     pub log_level: String,
@@ -247,6 +274,8 @@ pub struct MqttSettings {
     pub topics: Vec<String>,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// Subscriptions silent for longer than this are reported ("connected but silent").
+    pub expected_interval: Vec<(String, Duration)>,
 }
 
 #[derive(Debug, Clone)]
@@ -268,7 +297,13 @@ pub struct BatchSettings {
 
 #[derive(Debug, Clone)]
 pub struct SpoolSettings {
-    pub max_messages: NonZeroUsize,
+    /// Bytes on disk at most; when full, intake stops (back-pressure).
+    pub max_bytes: u64,
+    pub segment_bytes: u64,
+    /// Group commit: fsync at least this often while records wait ...
+    pub sync_interval: Duration,
+    /// ... or as soon as this many bytes wait.
+    pub sync_bytes: u64,
 }
 
 /// One topic route: which parser reads messages on topics matching `topic`.
@@ -474,13 +509,13 @@ impl Raw {
         })?;
         let max_age = duration("batch.max_age", &self.batch.max_age)?;
         let retry_max = duration("batch.retry_max", &self.batch.retry_max)?;
-        let spool_max = NonZeroUsize::new(self.spool.max_messages).ok_or_else(|| {
-            err(
-                "spool.max_messages",
-                "must be at least 1",
-                "e.g. max_messages = 20000",
-            )
-        })?;
+        let spool = self.spool.validate()?;
+        let mut expected_interval = Vec::new();
+        for (filter, d) in &self.mqtt.expected_interval {
+            let key = format!("mqtt.expected_interval.{filter}");
+            check_filter(&key, filter)?;
+            expected_interval.push((filter.clone(), duration(&key, d)?));
+        }
         if self.limits.max_payload_bytes == 0 {
             return Err(err(
                 "limits.max_payload_bytes",
@@ -512,6 +547,7 @@ impl Raw {
                 topics: self.mqtt.topics,
                 reconnect_min,
                 reconnect_max,
+                expected_interval,
             },
             influx: InfluxSettings {
                 url,
@@ -526,13 +562,63 @@ impl Raw {
                 max_age,
                 retry_max,
             },
-            spool: SpoolSettings {
-                max_messages: spool_max,
-            },
+            spool,
+            drain_timeout: duration("shutdown.drain_timeout", &self.shutdown.drain_timeout)?,
             state_dir: self.state.dir,
             max_payload_bytes: self.limits.max_payload_bytes,
             log_level: self.log.level,
             routes,
+        })
+    }
+}
+
+/// "64KiB", "16MiB", "1GiB" or a plain number of bytes.
+fn bytes(key: &str, text: &str) -> Result<u64, ConfigError> {
+    let t = text.trim();
+    let (num, mult) = [
+        ("GiB", 1u64 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+        ("B", 1),
+    ]
+    .iter()
+    .find_map(|(suffix, m)| t.strip_suffix(suffix).map(|n| (n.trim(), *m)))
+    .unwrap_or((t, 1));
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| {
+            err(
+                key,
+                format!("{text:?} is not a size"),
+                "write a size such as \"64KiB\", \"16MiB\" or \"1GiB\"",
+            )
+        })
+}
+
+impl RawSpool {
+    fn validate(&self) -> Result<SpoolSettings, ConfigError> {
+        let max_bytes = bytes("spool.max_bytes", &self.max_bytes)?;
+        let segment_bytes = bytes("spool.segment_bytes", &self.segment_bytes)?;
+        if max_bytes < 4096 {
+            return Err(err(
+                "spool.max_bytes",
+                "is below 4KiB",
+                "give the spool room for your longest store outage, e.g. \"1GiB\"",
+            ));
+        }
+        if segment_bytes == 0 || segment_bytes > max_bytes / 2 {
+            return Err(err(
+                "spool.segment_bytes",
+                format!("must be above 0 and at most half of spool.max_bytes ({max_bytes} bytes)"),
+                "lower it, e.g. \"16MiB\" for a 1GiB spool",
+            ));
+        }
+        Ok(SpoolSettings {
+            max_bytes,
+            segment_bytes,
+            sync_interval: duration("spool.sync_interval", &self.sync_interval)?,
+            sync_bytes: bytes("spool.sync_bytes", &self.sync_bytes)?.max(1),
         })
     }
 }

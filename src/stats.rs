@@ -14,6 +14,13 @@ pub struct Stats {
     pub messages: AtomicU64,
     pub written: AtomicU64,
     pub write_retries: AtomicU64,
+    /// Torn or corrupt spool tails cut at open.
+    pub spool_truncations: AtomicU64,
+    /// Times intake paused because the spool was full.
+    pub spool_full_events: AtomicU64,
+    /// Subscriptions found silent for longer than expected.
+    pub silent_subscriptions: AtomicU64,
+    pub health: crate::health::Health,
 }
 
 /// A point-in-time copy for summaries.

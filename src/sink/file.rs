@@ -49,10 +49,10 @@ impl FileSink {
         Ok(self.file.as_mut().expect("opened above"))
     }
 
-    pub async fn write(&mut self, body: &str) -> Result<(), SinkError> {
+    pub async fn write(&mut self, body: &[u8]) -> Result<(), SinkError> {
         let result = async {
             let f = self.open().await?;
-            f.write_all(body.as_bytes()).await?;
+            f.write_all(body).await?;
             f.sync_data().await
         }
         .await;
@@ -64,9 +64,9 @@ impl FileSink {
             Err(e) => {
                 // Start a fresh file next time: the tail of this one may be torn.
                 self.file = None;
-                Err(SinkError {
+                Err(SinkError::Retry {
                     message: format!("cannot write under {}: {e}", self.dir.display()),
-                    retriable: true,
+                    after: None,
                 })
             }
         }

@@ -1,67 +1,99 @@
-//! The InfluxDB v2 write API sink (influxdb2 crate): line protocol, precision ms, gzip.
+//! The InfluxDB v2 write API sink: `POST /api/v2/write?org=&bucket=&precision=ms`, line
+//! protocol, gzip, `Authorization: Token ...`.
+//!
+//! Built on reqwest (the client the influxdb2 crate wraps) rather than on influxdb2 itself:
+//! influxdb2 0.5 drops the response headers, so it cannot honour Retry-After, and it always
+//! compresses at the slowest gzip level.
 
-use std::sync::Arc;
+use std::io::Write;
+use std::time::Duration;
 
-use influxdb2::api::write::TimestampPrecision;
-use influxdb2::models::WriteDataPoint;
-use influxdb2::RequestError;
+use flate2::write::GzEncoder;
+use flate2::Compression;
 
-use super::{retriable_status, SinkError};
+use super::{classify, SinkError};
 use crate::settings::InfluxSettings;
+
+/// Longest Retry-After we obey; a store asking for more is asked again sooner.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 #[derive(Debug)]
 pub struct InfluxSink {
-    client: influxdb2::Client,
-    bucket: String,
-    timeout: std::time::Duration,
-}
-
-/// A whole pre-encoded batch handed to the client as one "point".
-struct Body(Arc<str>);
-
-impl WriteDataPoint for Body {
-    fn write_data_point_to<W: std::io::Write>(&self, mut w: W) -> std::io::Result<()> {
-        w.write_all(self.0.as_bytes())
-    }
+    client: reqwest::Client,
+    url: String,
+    token: crate::settings::Secret,
+    gzip: bool,
+    buf: Vec<u8>,
 }
 
 impl InfluxSink {
     pub fn new(s: &InfluxSettings) -> Result<InfluxSink, SinkError> {
-        let client = influxdb2::ClientBuilder::new(&s.url, &s.org, s.token.expose())
-            .gzip(s.gzip)
+        let client = reqwest::Client::builder()
+            .timeout(s.timeout)
+            .connect_timeout(s.timeout.min(Duration::from_secs(5)))
             .build()
-            .map_err(|e| SinkError {
+            .map_err(|e| SinkError::Auth {
                 message: format!("cannot build the HTTP client: {e}"),
-                retriable: false,
             })?;
+        let url = format!(
+            "{}/api/v2/write?org={}&bucket={}&precision=ms",
+            s.url,
+            encode_query(&s.org),
+            encode_query(&s.bucket)
+        );
         Ok(InfluxSink {
             client,
-            bucket: s.bucket.clone(),
-            timeout: s.timeout,
+            url,
+            token: s.token.clone(),
+            gzip: s.gzip,
+            buf: Vec::new(),
         })
     }
 
-    pub async fn write(&mut self, body: &str) -> Result<(), SinkError> {
-        let points = futures::stream::iter([Body(Arc::from(body))]);
-        let write = self.client.write_with_precision(
-            &self.bucket,
-            points,
-            TimestampPrecision::Milliseconds,
-        );
-        match tokio::time::timeout(self.timeout, write).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(RequestError::Http { status, text })) => Err(SinkError {
-                message: format!("store answered {status}: {}", text.trim()),
-                retriable: retriable_status(status.as_u16()),
-            }),
-            Ok(Err(e)) => Err(SinkError {
-                message: format!("store unreachable: {e}"),
-                retriable: true,
-            }),
-            Err(_) => Err(SinkError {
-                message: format!("store did not answer within {:?}", self.timeout),
-                retriable: true,
-            }),
+    pub async fn write(&mut self, body: &[u8]) -> Result<(), SinkError> {
+        let mut req = self
+            .client
+            .post(&self.url)
+            .header("Content-Type", "text/plain; charset=utf-8");
+        if !self.token.is_empty() {
+            req = req.header("Authorization", format!("Token {}", self.token.expose()));
+        }
+        let req = if self.gzip {
+            self.buf.clear();
+            let mut enc = GzEncoder::new(std::mem::take(&mut self.buf), Compression::fast());
+            enc.write_all(body).expect("writing to a Vec cannot fail");
+            let gz = enc.finish().expect("writing to a Vec cannot fail");
+            req.header("Content-Encoding", "gzip").body(gz)
+        } else {
+            req.body(body.to_vec())
+        };
+        let resp = req.send().await.map_err(|e| SinkError::Retry {
+            message: format!("store unreachable: {e}"),
+            after: None,
+        })?;
+        let status = resp.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(());
+        }
+        let retry_after = resp
+            .headers()
+            .get("Retry-After")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER));
+        let text = resp.text().await.unwrap_or_default();
+        Err(classify(status, &text, retry_after))
+    }
+}
+
+fn encode_query(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
         }
     }
+    out
 }

@@ -3,18 +3,48 @@
 pub mod file;
 pub mod influx;
 
-/// A failed write, and whether trying again can help (Vector's retry logic: timeouts,
-/// connection errors, 408, 429 and 5xx retry; 401/403/404 are an operator's problem and also
-/// keep the data; other 4xx mean the data itself is refused).
+use std::time::Duration;
+
+/// A failed write, classified by what the batch stage should do about it (Vector's retry
+/// logic, extended): retry the same body, split it, bisect it down to the refused lines, or
+/// keep it and wait for an operator.
 #[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct SinkError {
-    pub message: String,
-    pub retriable: bool,
+pub enum SinkError {
+    /// Network error, timeout, 408, 429, 5xx: the same body will do later, `after` if the
+    /// store said when (Retry-After).
+    #[error("{message}")]
+    Retry {
+        message: String,
+        after: Option<Duration>,
+    },
+    /// 413: the body is too large for the store; smaller halves may pass.
+    #[error("{message}")]
+    TooLarge { message: String },
+    /// 400, 422 and other 4xx: some lines are refused for good.
+    #[error("{message}")]
+    Refused { message: String },
+    /// 401, 403, 404: bad token or unknown bucket or org. Nothing is wrong with the data: keep
+    /// it and report not-ready until an operator fixes the configuration.
+    #[error("{message}")]
+    Auth { message: String },
 }
 
-pub fn retriable_status(status: u16) -> bool {
-    matches!(status, 401 | 403 | 404 | 408 | 429) || status >= 500
+/// Classifies an HTTP answer that is not 2xx.
+pub fn classify(status: u16, body: &str, retry_after: Option<Duration>) -> SinkError {
+    let message = format!("store answered {status}: {}", body.trim());
+    match status {
+        401 | 403 | 404 => SinkError::Auth { message },
+        413 => SinkError::TooLarge { message },
+        408 | 429 => SinkError::Retry {
+            message,
+            after: retry_after,
+        },
+        s if s >= 500 => SinkError::Retry {
+            message,
+            after: retry_after,
+        },
+        _ => SinkError::Refused { message },
+    }
 }
 
 /// The stores one pipeline writes to. A batch is delivered when every sink took it.
@@ -25,7 +55,7 @@ pub enum Sink {
 }
 
 impl Sink {
-    pub async fn write(&mut self, body: &str) -> Result<(), SinkError> {
+    pub async fn write(&mut self, body: &[u8]) -> Result<(), SinkError> {
         match self {
             Sink::Influx(s) => s.write(body).await,
             Sink::File(s) => s.write(body).await,
@@ -37,5 +67,31 @@ impl Sink {
             Sink::Influx(_) => "influx",
             Sink::File(_) => "file",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_classified_like_a_careful_client_would() {
+        assert!(
+            matches!(classify(429, "", Some(Duration::from_secs(3))), SinkError::Retry { after: Some(d), .. } if d.as_secs() == 3)
+        );
+        assert!(matches!(classify(503, "", None), SinkError::Retry { .. }));
+        assert!(matches!(
+            classify(413, "", None),
+            SinkError::TooLarge { .. }
+        ));
+        assert!(matches!(
+            classify(400, "partial write", None),
+            SinkError::Refused { .. }
+        ));
+        assert!(matches!(classify(401, "", None), SinkError::Auth { .. }));
+        assert!(matches!(
+            classify(404, "bucket not found", None),
+            SinkError::Auth { .. }
+        ));
     }
 }

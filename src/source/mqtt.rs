@@ -17,7 +17,55 @@ use tracing::{debug, error, info, warn};
 
 use crate::ack::{Ack, AckToken, Acker};
 use crate::model::Message;
+use crate::normalise::topic_matches;
 use crate::settings::MqttSettings;
+use crate::stats::Stats;
+
+/// How often "connected but silent" is checked.
+const SILENCE_CHECK: Duration = Duration::from_secs(5);
+
+/// Last message time per subscription that has an expected interval.
+struct Silence {
+    filters: Vec<(String, Duration, tokio::time::Instant, bool)>,
+}
+
+impl Silence {
+    fn new(expected: &[(String, Duration)]) -> Self {
+        let now = tokio::time::Instant::now();
+        Silence {
+            filters: expected
+                .iter()
+                .map(|(f, d)| (f.clone(), *d, now, false))
+                .collect(),
+        }
+    }
+
+    fn seen(&mut self, topic: &str) {
+        for (filter, _, last, silent) in &mut self.filters {
+            if topic_matches(filter, topic) {
+                *last = tokio::time::Instant::now();
+                if *silent {
+                    *silent = false;
+                    info!(subscription = %filter, "subscription is receiving messages again");
+                }
+            }
+        }
+    }
+
+    fn check(&mut self, stats: &Stats) {
+        for (filter, expected, last, silent) in &mut self.filters {
+            let quiet = last.elapsed();
+            if !*silent && quiet > *expected {
+                *silent = true;
+                stats
+                    .silent_subscriptions
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                warn!(subscription = %filter, silent_for = ?quiet, expected = ?expected,
+                    "connected but silent: no message on this subscription for longer than expected");
+            }
+        }
+    }
+}
 
 /// Largest packet we accept from the broker. Far above limits.max_payload_bytes on purpose: an
 /// oversized payload must arrive to be dead-lettered, or it would break the connection forever.
@@ -75,6 +123,7 @@ pub async fn run(
     settings: MqttSettings,
     deliveries: mpsc::UnboundedSender<Delivery>,
     events: mpsc::UnboundedSender<SourceEvent>,
+    stats: Arc<Stats>,
     stop_intake: CancellationToken,
     finish: CancellationToken,
 ) {
@@ -85,6 +134,8 @@ pub async fn run(
     let mut backoff = settings.reconnect_min;
     let mut pending_subacks = 0usize;
     let mut announced_ready = false;
+    let mut silence = Silence::new(&settings.expected_interval);
+    let mut silence_check = tokio::time::interval(SILENCE_CHECK);
 
     loop {
         let event = tokio::select! {
@@ -93,6 +144,11 @@ pub async fn run(
             // Shutdown begins: dropping the sender ends the next stage once it has drained.
             _ = stop_intake.cancelled(), if deliveries.is_some() => {
                 deliveries = None;
+                continue;
+            }
+            // Time to look for subscriptions that went quiet.
+            _ = silence_check.tick() => {
+                silence.check(&stats);
                 continue;
             }
             // The next packet, or a connection error.
@@ -122,6 +178,7 @@ pub async fn run(
                     }
                 }
                 pending_subacks = pending_subacks.saturating_sub(1);
+                stats.health.set_subscribed(!refused);
                 if pending_subacks == 0 && !refused && !announced_ready {
                     announced_ready = true;
                     info!(topics = ?settings.topics, "urbanflux ready");
@@ -129,6 +186,7 @@ pub async fn run(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
+                silence.seen(&p.topic);
                 let Some(tx) = &deliveries else {
                     debug!(topic = %p.topic, "shutting down: left for redelivery");
                     continue;
@@ -152,6 +210,7 @@ pub async fn run(
             }
             Ok(_) => {}
             Err(e) => {
+                stats.health.set_subscribed(false);
                 let jitter = rand::rng().random_range(0.0..0.5);
                 let wait = backoff.mul_f64(1.0 + jitter);
                 warn!(error = %e, retry_in = ?wait, "mqtt connection lost, reconnecting");

@@ -238,6 +238,7 @@ impl Mosquitto {
                  max_queued_messages 1000000\n\
                  persistence true\n\
                  persistence_location {}/\n\
+                 sys_interval 1\n\
                  log_dest stderr\n",
                 broker.port,
                 broker.dir.path().display()
@@ -1097,6 +1098,48 @@ impl Stack {
         let mut daemon = Daemon::start(&self.config, &self.daemon_env(influx_url));
         daemon.wait_until_ready();
         daemon
+    }
+
+    pub fn state_path(&self) -> &Path {
+        self.state.path()
+    }
+
+    /// Messages the broker holds right now (`$SYS/broker/store/messages/count`): what its
+    /// clients have not acknowledged or not yet received, plus retained messages.
+    pub fn broker_stored_messages(&self) -> u64 {
+        use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+        let port = self.broker.port();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime for the $SYS reader");
+        runtime.block_on(async {
+            let options = MqttOptions::new(unique_id("it-sys"), "127.0.0.1", port);
+            let (client, mut eventloop) = AsyncClient::new(options, 10);
+            client
+                .subscribe("$SYS/broker/store/messages/count", QoS::AtMostOnce)
+                .await
+                .expect("subscribe to $SYS");
+            let read = async {
+                loop {
+                    match eventloop.poll().await {
+                        Ok(Event::Incoming(Packet::Publish(p))) => {
+                            return String::from_utf8_lossy(&p.payload)
+                                .trim()
+                                .parse::<u64>()
+                                .unwrap_or(0)
+                        }
+                        Ok(_) => {}
+                        Err(e) => panic!("$SYS reader lost the broker on port {port}: {e}"),
+                    }
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(10), read)
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("broker on port {port} published no $SYS store count within 10 s")
+                })
+        })
     }
 
     pub fn deadletter_path(&self) -> PathBuf {

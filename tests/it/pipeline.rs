@@ -54,7 +54,7 @@ fn each_fixture_published_becomes_exactly_its_points_in_the_store() {
 }
 
 #[test]
-fn messages_are_redelivered_after_the_daemon_is_killed_before_the_store_accepted_them() {
+fn nothing_is_lost_when_the_daemon_is_killed_before_the_store_accepted_a_batch() {
     let stack = Stack::start();
     let nowhere = format!("http://127.0.0.1:{}", free_port());
     let mut doomed = stack.start_daemon_writing_to(&nowhere);
