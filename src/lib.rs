@@ -27,6 +27,7 @@ pub mod health;
 pub mod lineproto;
 pub mod model;
 pub mod normalise;
+pub mod ops;
 pub mod pipeline;
 pub mod schema;
 pub mod settings;

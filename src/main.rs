@@ -133,16 +133,20 @@ fn runtime(job: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCo
 async fn run(settings: Settings) -> anyhow::Result<()> {
     let sink = InfluxSink::new(&settings.influx)?;
     let shutdown = CancellationToken::new();
+    let stats = Arc::new(Stats::default());
     tokio::spawn(urbanflux::pipeline::shutdown_on_signal(shutdown.clone()));
+    if let Some(addr) = settings.ops_listen {
+        let listener = urbanflux::ops::bind(addr).await.map_err(|e| {
+            anyhow::anyhow!("cannot listen on ops.listen {addr}: {e}; fix: choose a free port or set ops.listen = \"\"")
+        })?;
+        tokio::spawn(urbanflux::ops::serve(
+            listener,
+            stats.clone(),
+            shutdown.clone(),
+        ));
+    }
     let (events, _ready) = tokio::sync::mpsc::unbounded_channel();
-    urbanflux::pipeline::run(
-        settings,
-        vec![Sink::Influx(sink)],
-        Arc::new(Stats::default()),
-        events,
-        shutdown,
-    )
-    .await
+    urbanflux::pipeline::run(settings, vec![Sink::Influx(sink)], stats, events, shutdown).await
 }
 
 fn normalise(config: &std::path::Path, topic: &str, received_at: Option<&str>) -> ExitCode {

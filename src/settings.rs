@@ -69,6 +69,8 @@ struct Raw {
     #[serde(default)]
     shutdown: RawShutdown,
     #[serde(default)]
+    ops: RawOps,
+    #[serde(default)]
     state: RawState,
     #[serde(default)]
     limits: RawLimits,
@@ -152,7 +154,7 @@ impl Default for RawBatch {
         RawBatch {
             max_lines: 5000,
             max_age: "1s".into(),
-            retry_max: "30s".into(),
+            retry_max: "5s".into(),
         }
     }
 }
@@ -173,6 +175,20 @@ impl Default for RawSpool {
             segment_bytes: "16MiB".into(),
             sync_interval: "20ms".into(),
             sync_bytes: "1MiB".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawOps {
+    listen: String,
+}
+
+impl Default for RawOps {
+    fn default() -> Self {
+        RawOps {
+            listen: "127.0.0.1:9464".into(),
         }
     }
 }
@@ -256,6 +272,8 @@ pub struct Settings {
     pub spool: SpoolSettings,
     /// How long a shutdown may spend draining the spool into the store.
     pub drain_timeout: Duration,
+    /// Address of /healthz and /readyz; `None` when `ops.listen` is empty.
+    pub ops_listen: Option<std::net::SocketAddr>,
     pub state_dir: PathBuf,
     pub max_payload_bytes: usize,
     pub log_level: String,
@@ -564,6 +582,17 @@ impl Raw {
             },
             spool,
             drain_timeout: duration("shutdown.drain_timeout", &self.shutdown.drain_timeout)?,
+            ops_listen: if self.ops.listen.trim().is_empty() {
+                None
+            } else {
+                Some(self.ops.listen.trim().parse().map_err(|_| {
+                    err(
+                        "ops.listen",
+                        format!("{:?} is not an IP:port address", self.ops.listen),
+                        "write e.g. \"127.0.0.1:9464\", or \"\" to turn the endpoint off",
+                    )
+                })?)
+            },
             state_dir: self.state.dir,
             max_payload_bytes: self.limits.max_payload_bytes,
             log_level: self.log.level,

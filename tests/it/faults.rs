@@ -358,3 +358,77 @@ fn forward(upstream: u16, path: &str, body: &[u8]) -> std::io::Result<u16> {
         .and_then(|c| c.parse().ok())
         .unwrap_or(502))
 }
+
+#[test]
+fn sigterm_drains_into_the_store_acknowledges_and_exits_zero() {
+    let stack = Stack::start();
+    let mut daemon = daemon_with(&stack, &[("URBANFLUX__BATCH__MAX_AGE", "3s")]);
+    publish_all(stack.broker.port(), &bin_messages(0, 300));
+    // The batch waits up to 3 s: SIGTERM must flush it rather than leave it behind.
+    let status = daemon.terminate();
+    assert!(status.success(), "exit status {status:?}\n{}", daemon.log());
+    assert!(daemon.log().contains("shutting down"), "{}", daemon.log());
+    assert_store_holds_bins(&stack, 300);
+}
+
+#[test]
+fn sigterm_with_the_store_down_keeps_the_rest_in_the_spool_for_the_next_start() {
+    let stack = Stack::start();
+    let nowhere = format!("http://127.0.0.1:{}", crate::harness::free_port());
+    let mut daemon = daemon_with(
+        &stack,
+        &[
+            ("URBANFLUX__INFLUX__URL", nowhere.as_str()),
+            ("URBANFLUX__SHUTDOWN__DRAIN_TIMEOUT", "1s"),
+        ],
+    );
+    publish_all(stack.broker.port(), &bin_messages(0, 300));
+    daemon.wait_for_log("store write failed, will retry", READY_TIMEOUT);
+    let status = daemon.terminate();
+    assert!(status.success(), "exit status {status:?}\n{}", daemon.log());
+    // Acknowledged (the broker forgot them) and kept in the spool: the next start delivers them.
+    let _daemon = stack.start_daemon();
+    assert_store_holds_bins(&stack, 300);
+}
+
+#[test]
+fn readyz_says_why_while_the_store_is_down_and_recovers_with_it() {
+    let mut stack = Stack::start();
+    let _daemon = stack.start_daemon();
+    let ready =
+        |stack: &Stack| crate::harness::http_get(stack.ops_port, "/readyz").expect("GET /readyz");
+    assert_eq!(ready(&stack).0, 200, "{:?}", ready(&stack));
+    assert_eq!(
+        crate::harness::http_get(stack.ops_port, "/healthz")
+            .expect("GET /healthz")
+            .0,
+        200
+    );
+    stack.store.stop();
+    publish_all(stack.broker.port(), &bin_messages(0, 10));
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while ready(&stack).0 != 503 {
+        assert!(
+            Instant::now() < deadline,
+            "still ready with the store down: {:?}",
+            ready(&stack)
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        ready(&stack).1.contains("store unreachable"),
+        "{:?}",
+        ready(&stack)
+    );
+    stack.store.restart();
+    assert_store_holds_bins(&stack, 10);
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while ready(&stack).0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "not ready again after the store came back: {:?}",
+            ready(&stack)
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}

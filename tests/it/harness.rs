@@ -1042,6 +1042,8 @@ pub struct Stack {
     pub store: Victoria,
     pub config: PathBuf,
     pub client_id: String,
+    /// Where the daemons of this stack answer /healthz and /readyz.
+    pub ops_port: u16,
     state: TempDir,
     _config_dir: TempDir,
 }
@@ -1058,6 +1060,7 @@ impl Stack {
             store: Victoria::start(),
             config,
             client_id: unique_id("it-urbanflux"),
+            ops_port: free_port(),
             state: tempfile::Builder::new()
                 .prefix("it-state-")
                 .tempdir()
@@ -1082,6 +1085,10 @@ impl Stack {
             ),
             ("URBANFLUX__BATCH__MAX_AGE", "200ms".to_owned()),
             ("URBANFLUX__LOG__LEVEL", "info".to_owned()),
+            (
+                "URBANFLUX__OPS__LISTEN",
+                format!("127.0.0.1:{}", self.ops_port),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

@@ -1,0 +1,79 @@
+//! The operations endpoint: `/healthz` (the process answers) and `/readyz` (connected and
+//! subscribed, spool not full, store accepting writes; 503 with the reasons otherwise).
+//! Bound to 127.0.0.1 by default. A deliberately small HTTP/1.1 responder: two fixed paths, no
+//! request bodies, so a web framework would be all weight and no use.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::stats::Stats;
+
+/// A request head larger than this is not one of ours.
+const MAX_REQUEST: usize = 8 * 1024;
+
+pub async fn serve(listener: TcpListener, stats: Arc<Stats>, shutdown: CancellationToken) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "ops endpoint listening (/healthz, /readyz)");
+    }
+    loop {
+        let accepted = tokio::select! {
+            // Shutdown: stop answering.
+            _ = shutdown.cancelled() => return,
+            // The next client.
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                tokio::spawn(answer(stream, stats.clone()));
+            }
+            Err(e) => warn!(error = %e, "ops endpoint: accept failed"),
+        }
+    }
+}
+
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+async fn answer(mut stream: tokio::net::TcpStream, stats: Arc<Stats>) {
+    let mut buf = vec![0u8; MAX_REQUEST];
+    let mut len = 0;
+    while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") && len < MAX_REQUEST {
+        match tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            stream.read(&mut buf[len..]),
+        )
+        .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+            Ok(Ok(n)) => len += n,
+        }
+    }
+    let head = String::from_utf8_lossy(&buf[..len]);
+    let path = head.split_whitespace().nth(1).unwrap_or("/");
+    let (status, body) = match path {
+        "/healthz" => ("200 OK", "ok\n".to_string()),
+        "/readyz" => {
+            let reasons = stats.health.not_ready_reasons();
+            if reasons.is_empty() {
+                ("200 OK", "ready\n".to_string())
+            } else {
+                (
+                    "503 Service Unavailable",
+                    format!("not ready: {}\n", reasons.join("; ")),
+                )
+            }
+        }
+        _ => ("404 Not Found", "try /healthz or /readyz\n".to_string()),
+    };
+    let reply = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(reply.as_bytes()).await;
+}
