@@ -123,15 +123,31 @@ fn default_reconnect_max() -> String {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawInflux {
+    #[serde(default = "default_api")]
+    api: String,
     url: String,
+    #[serde(default)]
     org: String,
+    #[serde(default)]
     bucket: String,
+    #[serde(default)]
+    database: String,
+    #[serde(default)]
+    retention_policy: String,
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
     #[serde(default)]
     token: String,
     #[serde(default = "default_influx_timeout")]
     timeout: String,
     #[serde(default = "default_true")]
     gzip: bool,
+}
+
+fn default_api() -> String {
+    "v2".into()
 }
 
 fn default_influx_timeout() -> String {
@@ -296,12 +312,25 @@ pub struct MqttSettings {
     pub expected_interval: Vec<(String, Duration)>,
 }
 
+/// Which write API the store speaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InfluxApi {
+    /// InfluxDB 2.x/3.x and VictoriaMetrics: `/api/v2/write?org=&bucket=`.
+    V2 { org: String, bucket: String },
+    /// InfluxDB 1.x: `/write?db=&rp=`.
+    V1 {
+        database: String,
+        retention_policy: String,
+    },
+}
+
 #[derive(Debug, Clone)]
 pub struct InfluxSettings {
     pub url: String,
-    pub org: String,
-    pub bucket: String,
+    pub api: InfluxApi,
     pub token: Secret,
+    /// InfluxDB 1.x basic authentication (username, password).
+    pub basic_auth: Option<(String, Secret)>,
     pub timeout: Duration,
     pub gzip: bool,
 }
@@ -507,16 +536,44 @@ impl Raw {
                 "write http://HOST:PORT, e.g. http://127.0.0.1:8086",
             ));
         }
-        non_empty(
-            "influx.org",
-            &self.influx.org,
-            "set the InfluxDB organisation name",
-        )?;
-        non_empty(
-            "influx.bucket",
-            &self.influx.bucket,
-            "set the InfluxDB bucket name",
-        )?;
+        let api = match self.influx.api.as_str() {
+            "v2" => {
+                non_empty(
+                    "influx.org",
+                    &self.influx.org,
+                    "set the InfluxDB organisation name",
+                )?;
+                non_empty(
+                    "influx.bucket",
+                    &self.influx.bucket,
+                    "set the InfluxDB bucket name",
+                )?;
+                InfluxApi::V2 {
+                    org: self.influx.org,
+                    bucket: self.influx.bucket,
+                }
+            }
+            "v1" => {
+                non_empty(
+                    "influx.database",
+                    &self.influx.database,
+                    "set the InfluxDB 1.x database (api = \"v1\" writes through /write?db=...)",
+                )?;
+                InfluxApi::V1 {
+                    database: self.influx.database,
+                    retention_policy: self.influx.retention_policy,
+                }
+            }
+            other => {
+                return Err(err(
+                    "influx.api",
+                    format!("{other:?} is not a write API"),
+                    "use \"v2\" (InfluxDB 2.x/3.x, VictoriaMetrics) or \"v1\" (InfluxDB 1.x)",
+                ))
+            }
+        };
+        let basic_auth = (!self.influx.username.is_empty())
+            .then(|| (self.influx.username, Secret::new(self.influx.password)));
 
         let max_lines = NonZeroUsize::new(self.batch.max_lines).ok_or_else(|| {
             err(
@@ -569,9 +626,9 @@ impl Raw {
             },
             influx: InfluxSettings {
                 url,
-                org: self.influx.org,
-                bucket: self.influx.bucket,
+                api,
                 token: Secret::new(self.influx.token),
+                basic_auth,
                 timeout: duration("influx.timeout", &self.influx.timeout)?,
                 gzip: self.influx.gzip,
             },

@@ -1,5 +1,6 @@
-//! The InfluxDB v2 write API sink: `POST /api/v2/write?org=&bucket=&precision=ms`, line
-//! protocol, gzip, `Authorization: Token ...`.
+//! The InfluxDB write sink: v2 API `POST /api/v2/write?org=&bucket=&precision=ms` (InfluxDB
+//! 2.x/3.x, VictoriaMetrics) or v1 API `POST /write?db=&rp=&precision=ms` (InfluxDB 1.x); line
+//! protocol, gzip, `Authorization: Token ...` or basic authentication.
 //!
 //! Built on reqwest (the client the influxdb2 crate wraps) rather than on influxdb2 itself:
 //! influxdb2 0.5 drops the response headers, so it cannot honour Retry-After, and it always
@@ -12,7 +13,7 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 
 use super::{classify, SinkError};
-use crate::settings::InfluxSettings;
+use crate::settings::{InfluxApi, InfluxSettings, Secret};
 
 /// Longest Retry-After we obey; a store asking for more is asked again sooner.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
@@ -21,7 +22,8 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 pub struct InfluxSink {
     client: reqwest::Client,
     url: String,
-    token: crate::settings::Secret,
+    token: Secret,
+    basic_auth: Option<(String, Secret)>,
     gzip: bool,
     buf: Vec<u8>,
 }
@@ -35,16 +37,34 @@ impl InfluxSink {
             .map_err(|e| SinkError::Auth {
                 message: format!("cannot build the HTTP client: {e}"),
             })?;
-        let url = format!(
-            "{}/api/v2/write?org={}&bucket={}&precision=ms",
-            s.url,
-            encode_query(&s.org),
-            encode_query(&s.bucket)
-        );
+        let url = match &s.api {
+            InfluxApi::V2 { org, bucket } => format!(
+                "{}/api/v2/write?org={}&bucket={}&precision=ms",
+                s.url,
+                encode_query(org),
+                encode_query(bucket)
+            ),
+            InfluxApi::V1 {
+                database,
+                retention_policy,
+            } if retention_policy.is_empty() => {
+                format!("{}/write?db={}&precision=ms", s.url, encode_query(database))
+            }
+            InfluxApi::V1 {
+                database,
+                retention_policy,
+            } => format!(
+                "{}/write?db={}&rp={}&precision=ms",
+                s.url,
+                encode_query(database),
+                encode_query(retention_policy)
+            ),
+        };
         Ok(InfluxSink {
             client,
             url,
             token: s.token.clone(),
+            basic_auth: s.basic_auth.clone(),
             gzip: s.gzip,
             buf: Vec::new(),
         })
@@ -55,7 +75,9 @@ impl InfluxSink {
             .client
             .post(&self.url)
             .header("Content-Type", "text/plain; charset=utf-8");
-        if !self.token.is_empty() {
+        if let Some((user, pass)) = &self.basic_auth {
+            req = req.basic_auth(user, Some(pass.expose()));
+        } else if !self.token.is_empty() {
             req = req.header("Authorization", format!("Token {}", self.token.expose()));
         }
         let req = if self.gzip {
