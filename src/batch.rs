@@ -5,7 +5,6 @@
 //! remain (those are dead-lettered), and keep everything on 401/403/404 while reporting
 //! not-ready.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rand::Rng;
@@ -13,6 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::health::Stage;
 use crate::model::{Reject, RejectCode};
 use crate::sink::{Sink, SinkError};
 use crate::spool::{Record, SpoolReader};
@@ -46,10 +46,14 @@ pub async fn run(
     stats: &Stats,
     abandon: CancellationToken,
 ) -> std::io::Result<()> {
+    let mut beat = tokio::time::interval(crate::health::BEAT_EVERY);
     loop {
+        stats.beats.beat(Stage::Batch);
         let more = tokio::select! {
             // Shutdown deadline: what is left stays in the spool.
             _ = abandon.cancelled() => break,
+            // Idle: still alive (the systemd watchdog listens).
+            _ = beat.tick() => continue,
             // Durable records to deliver, or the end of the spool.
             more = spool.wait() => more,
         };
@@ -75,6 +79,7 @@ pub async fn run(
             upto = p;
         }
         if lines > 0 {
+            let write_started = Instant::now();
             let refs = line_refs(&records);
             for sink in sinks.iter_mut() {
                 if deliver(sink, &records, &refs, &limits, refused, stats, &abandon)
@@ -88,9 +93,10 @@ pub async fn run(
                     return Ok(());
                 }
             }
-            stats.written.fetch_add(lines as u64, Ordering::Relaxed);
+            stats.batch_written(lines, write_started.elapsed());
         }
         spool.commit(upto)?;
+        stats.spool_state(spool.pending_bytes(), spool.oldest_pending_age());
     }
     Ok(())
 }
@@ -119,6 +125,7 @@ async fn deliver(
     let mut todo: Vec<std::ops::Range<usize>> = Vec::with_capacity(8);
     todo.push(0..lines.len());
     while let Some(range) = todo.pop() {
+        stats.beats.beat(Stage::Batch);
         body.clear();
         for (_, line) in &lines[range.clone()] {
             body.extend_from_slice(line.as_bytes());
@@ -131,14 +138,18 @@ async fn deliver(
                 continue;
             }
             Err(SinkError::Retry { message, after }) => {
-                stats.write_retries.fetch_add(1, Ordering::Relaxed);
+                stats.write_retry(if after.is_some() {
+                    "throttled"
+                } else {
+                    "unreachable"
+                });
                 stats.health.store_failing(false);
                 let wait = after.unwrap_or_else(|| jitter(backoff));
                 warn!(sink = sink.name(), error = %message, lines = range.len(), retry_in = ?wait, "store write failed, will retry");
                 wait
             }
             Err(SinkError::Auth { message }) => {
-                stats.write_retries.fetch_add(1, Ordering::Relaxed);
+                stats.write_retry("auth");
                 stats.health.store_failing(true);
                 let wait = jitter(backoff);
                 error!(sink = sink.name(), error = %message, retry_in = ?wait,
@@ -156,7 +167,7 @@ async fn deliver(
                 let reject = Reject::new(RejectCode::StoreRejected, e.to_string());
                 error!(sink = sink.name(), topic = %records[record].topic, error = %e, "store refused a line; dead-lettering it");
                 refused.refused(&records[record].topic, line, &reject);
-                stats.rejected("store", RejectCode::StoreRejected);
+                stats.rejected("unknown", "store", RejectCode::StoreRejected);
                 continue;
             }
         };

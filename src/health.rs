@@ -49,3 +49,95 @@ impl Health {
         r
     }
 }
+
+/// The stages that must keep moving for the systemd watchdog to be fed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Source,
+    Spool,
+    Batch,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 3] = [Stage::Source, Stage::Spool, Stage::Batch];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Source => "mqtt source",
+            Stage::Spool => "spool",
+            Stage::Batch => "batch/sink",
+        }
+    }
+}
+
+/// How often an idle stage still says it is alive: well inside any sensible WatchdogSec.
+pub const BEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Last sign of progress of each stage, in ms since `start`.
+#[derive(Debug)]
+pub struct Heartbeats {
+    start: std::time::Instant,
+    beats: [std::sync::atomic::AtomicU64; 3],
+}
+
+impl Default for Heartbeats {
+    fn default() -> Self {
+        Heartbeats {
+            start: std::time::Instant::now(),
+            beats: Default::default(),
+        }
+    }
+}
+
+impl Heartbeats {
+    pub fn beat(&self, stage: Stage) {
+        let now = self.start.elapsed().as_millis() as u64;
+        self.beats[stage as usize].store(now, Ordering::Relaxed);
+    }
+
+    /// The first stage that has not moved for longer than `limit`, if any.
+    pub fn stalled(&self, limit: std::time::Duration) -> Option<(Stage, std::time::Duration)> {
+        let now = self.start.elapsed().as_millis() as u64;
+        Stage::ALL.into_iter().find_map(|s| {
+            let quiet = std::time::Duration::from_millis(
+                now.saturating_sub(self.beats[s as usize].load(Ordering::Relaxed)),
+            );
+            (quiet > limit).then_some((s, quiet))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stage_that_stops_beating_is_named() {
+        let beats = Heartbeats::default();
+        for s in Stage::ALL {
+            beats.beat(s);
+        }
+        assert_eq!(beats.stalled(std::time::Duration::from_secs(1)), None);
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        beats.beat(Stage::Source);
+        beats.beat(Stage::Spool);
+        let (stage, _) = beats.stalled(std::time::Duration::from_millis(20)).unwrap();
+        assert_eq!(stage, Stage::Batch);
+    }
+
+    #[test]
+    fn readiness_lists_every_reason() {
+        let h = Health::default();
+        assert_eq!(
+            h.not_ready_reasons(),
+            vec!["mqtt not connected or not subscribed"]
+        );
+        h.set_subscribed(true);
+        h.store_failing(true);
+        h.set_spool_full(true);
+        assert_eq!(h.not_ready_reasons().len(), 2);
+        h.store_ok();
+        h.set_spool_full(false);
+        assert!(h.not_ready_reasons().is_empty());
+    }
+}

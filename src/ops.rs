@@ -1,5 +1,6 @@
-//! The operations endpoint: `/healthz` (the process answers) and `/readyz` (connected and
-//! subscribed, spool not full, store accepting writes; 503 with the reasons otherwise).
+//! The operations endpoint: `/metrics` (Prometheus text format), `/healthz` (the process
+//! answers) and `/readyz` (connected and subscribed, spool not full, store accepting writes; 503
+//! with the reasons otherwise).
 //! Bound to 127.0.0.1 by default. A deliberately small HTTP/1.1 responder: two fixed paths, no
 //! request bodies, so a web framework would be all weight and no use.
 
@@ -16,9 +17,17 @@ use crate::stats::Stats;
 /// A request head larger than this is not one of ours.
 const MAX_REQUEST: usize = 8 * 1024;
 
-pub async fn serve(listener: TcpListener, stats: Arc<Stats>, shutdown: CancellationToken) {
+/// What /metrics renders.
+pub type Metrics = Option<metrics_exporter_prometheus::PrometheusHandle>;
+
+pub async fn serve(
+    listener: TcpListener,
+    stats: Arc<Stats>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
     if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "ops endpoint listening (/healthz, /readyz)");
+        info!(%addr, "ops endpoint listening (/metrics, /healthz, /readyz)");
     }
     loop {
         let accepted = tokio::select! {
@@ -29,7 +38,7 @@ pub async fn serve(listener: TcpListener, stats: Arc<Stats>, shutdown: Cancellat
         };
         match accepted {
             Ok((stream, _)) => {
-                tokio::spawn(answer(stream, stats.clone()));
+                tokio::spawn(answer(stream, stats.clone(), metrics.clone()));
             }
             Err(e) => warn!(error = %e, "ops endpoint: accept failed"),
         }
@@ -40,7 +49,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-async fn answer(mut stream: tokio::net::TcpStream, stats: Arc<Stats>) {
+async fn answer(mut stream: tokio::net::TcpStream, stats: Arc<Stats>, metrics: Metrics) {
     let mut buf = vec![0u8; MAX_REQUEST];
     let mut len = 0;
     while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") && len < MAX_REQUEST {
@@ -56,7 +65,21 @@ async fn answer(mut stream: tokio::net::TcpStream, stats: Arc<Stats>) {
     }
     let head = String::from_utf8_lossy(&buf[..len]);
     let path = head.split_whitespace().nth(1).unwrap_or("/");
+    let mut content_type = "text/plain; charset=utf-8";
     let (status, body) = match path {
+        "/metrics" => match &metrics {
+            Some(handle) => {
+                content_type = "text/plain; version=0.0.4; charset=utf-8";
+                let ready = stats.health.not_ready_reasons().is_empty();
+                let mut text = handle.render();
+                text.push_str(&format!(
+                    "# TYPE urbanflux_ready gauge\nurbanflux_ready {}\n",
+                    u8::from(ready)
+                ));
+                ("200 OK", text)
+            }
+            None => ("404 Not Found", "metrics are not enabled\n".to_string()),
+        },
         "/healthz" => ("200 OK", "ok\n".to_string()),
         "/readyz" => {
             let reasons = stats.health.not_ready_reasons();
@@ -69,10 +92,13 @@ async fn answer(mut stream: tokio::net::TcpStream, stats: Arc<Stats>) {
                 )
             }
         }
-        _ => ("404 Not Found", "try /healthz or /readyz\n".to_string()),
+        _ => (
+            "404 Not Found",
+            "try /metrics, /healthz or /readyz\n".to_string(),
+        ),
     };
     let reply = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     let _ = stream.write_all(reply.as_bytes()).await;

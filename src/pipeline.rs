@@ -10,11 +10,10 @@
 //! syncs and releases the last acks, the batch stage drains the spool into the store until
 //! `shutdown.drain_timeout`, and the MQTT event loop stops last, so the acks leave.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -22,6 +21,7 @@ use tracing::{debug, error, info, warn};
 use crate::ack::Ack;
 use crate::batch::{self, BatchLimits, Refused};
 use crate::deadletter::DeadLetters;
+use crate::health::Stage;
 use crate::lineproto;
 use crate::model::{Message, Reject};
 use crate::normalise::Normaliser;
@@ -38,13 +38,17 @@ struct Normalised {
     record: Option<Record>,
     rejects: Vec<Reject>,
     city: String,
+    source: &'static str,
     ack: Ack,
 }
 
 /// Runs the daemon until `shutdown` is cancelled, then drains. Returns an error on a fault
 /// that must restart the process (the spool or the dead-letter file cannot be written).
+/// `rules` carries the normaliser; sending a new one (SIGHUP) swaps it between two messages
+/// without touching the MQTT session.
 pub async fn run(
     settings: Settings,
+    rules: watch::Receiver<Arc<Normaliser>>,
     sinks: Vec<Sink>,
     stats: Arc<Stats>,
     events: mpsc::UnboundedSender<SourceEvent>,
@@ -66,10 +70,8 @@ pub async fn run(
     })
     .map_err(|e| state_hint("spool", e))?;
     if report.truncated_bytes > 0 {
-        stats.spool_truncations.fetch_add(1, Ordering::Relaxed);
+        stats.spool_truncated();
     }
-    let normaliser = Arc::new(Normaliser::new(&settings));
-
     let (delivery_tx, delivery_rx) = mpsc::unbounded_channel();
     let max_inflight = usize::from(settings.mqtt.max_inflight.get());
     let (normalised_tx, normalised_rx) = mpsc::channel(max_inflight);
@@ -85,7 +87,7 @@ pub async fn run(
         finish.clone(),
     ));
     let normalise = tokio::spawn(normalise_stage(
-        normaliser,
+        rules,
         delivery_rx,
         normalised_tx,
         stats.clone(),
@@ -116,6 +118,8 @@ pub async fn run(
     // Run until asked to stop, or until a stage fails.
     let mut spooler = spooler;
     let early: Option<anyhow::Result<()>> = tokio::select! {
+        // Shutdown first: once it is asked for, the stages ending is the drain, not a fault.
+        biased;
         _ = shutdown.cancelled() => None,
         r = &mut spooler => Some(flatten(r).and(Err(anyhow::anyhow!("the spool stage stopped")))),
         r = &mut batcher => Some(flatten_io(r).and(Err(anyhow::anyhow!("the batch stage stopped")))),
@@ -172,18 +176,24 @@ impl Refused for DeadLetterRefused {
 
 /// decode + normalise, one message at a time, in arrival order. Pure work: no I/O here.
 async fn normalise_stage(
-    normaliser: Arc<Normaliser>,
+    mut rules: watch::Receiver<Arc<Normaliser>>,
     mut deliveries: mpsc::UnboundedReceiver<Delivery>,
     out: mpsc::Sender<Normalised>,
     stats: Arc<Stats>,
 ) {
+    let mut normaliser = rules.borrow_and_update().clone();
     while let Some(Delivery { message, ack }) = deliveries.recv().await {
-        stats.messages.fetch_add(1, Ordering::Relaxed);
+        if rules.has_changed().unwrap_or(false) {
+            normaliser = rules.borrow_and_update().clone();
+            info!("new rules in effect");
+        }
+        stats.message_received();
         let outcome = normaliser.normalise(&message, Utc::now());
-        let city = normaliser
-            .route(&message.topic)
+        let route = normaliser.route(&message.topic);
+        let city = route
             .and_then(|r| r.city.clone())
             .unwrap_or_else(|| "unknown".to_string());
+        let source = route.map_or("unknown", |r| r.parser.source_tag());
         let record = (!outcome.readings.is_empty()).then(|| {
             let mut lines = String::with_capacity(outcome.readings.len() * 200);
             for r in &outcome.readings {
@@ -191,6 +201,7 @@ async fn normalise_stage(
                 stats.accepted(
                     r.tag("city").unwrap_or("unknown"),
                     r.tag("domain").unwrap_or("unknown"),
+                    r.tag("source").unwrap_or("unknown"),
                 );
             }
             Record {
@@ -205,6 +216,7 @@ async fn normalise_stage(
             record,
             rejects: outcome.rejects,
             city,
+            source,
             ack,
         };
         if out.send(n).await.is_err() {
@@ -227,8 +239,12 @@ async fn spool_stage(
     let mut group: Vec<Ack> = Vec::new();
     let mut group_bytes = 0u64;
     let mut group_started: Option<Instant> = None;
+    let mut beat = tokio::time::interval(crate::health::BEAT_EVERY);
     loop {
+        stats.beats.beat(Stage::Spool);
         let next = tokio::select! {
+            // Idle: still alive (the systemd watchdog listens).
+            _ = beat.tick() => continue,
             // Shutdown gave up on the store while we wait for room: leave the rest unacknowledged.
             _ = abandon.cancelled() => break,
             // Group commit timer.
@@ -244,7 +260,7 @@ async fn spool_stage(
         let Some(n) = next else { break };
         for reject in &n.rejects {
             warn!(topic = %n.message.topic, reason = %reject.code, detail = %reject.detail, "rejected");
-            stats.rejected(&n.city, reject.code);
+            stats.rejected(&n.city, n.source, reject.code);
             let mut d = dead.lock().unwrap_or_else(|e| e.into_inner());
             d.append(
                 n.message.received_at,
@@ -266,13 +282,17 @@ async fn spool_stage(
                 commit(&mut spool, &dead, &mut group)?;
                 group_bytes = 0;
                 group_started = None;
-                stats.spool_full_events.fetch_add(1, Ordering::Relaxed);
+                stats.spool_full();
                 stats.health.set_spool_full(true);
                 warn!(spool_bytes = spool.total_bytes(), max_bytes = settings.max_bytes,
                     "spool full: not acknowledging or reading new messages until the store catches up (back-pressure)");
-                tokio::select! {
-                    _ = abandon.cancelled() => break,
-                    _ = spool.wait_for_room(need) => {}
+                loop {
+                    stats.beats.beat(Stage::Spool);
+                    tokio::select! {
+                        _ = abandon.cancelled() => return commit(&mut spool, &dead, &mut group),
+                        _ = beat.tick() => continue,
+                        _ = spool.wait_for_room(need) => break,
+                    }
                 }
                 stats.health.set_spool_full(false);
                 info!("spool has room again: intake resumes");

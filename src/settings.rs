@@ -90,6 +90,8 @@ struct RawMqtt {
     username: String,
     #[serde(default)]
     password: String,
+    #[serde(default)]
+    password_file: String,
     #[serde(default = "default_keep_alive")]
     keep_alive: String,
     #[serde(default = "default_max_inflight")]
@@ -140,6 +142,8 @@ struct RawInflux {
     password: String,
     #[serde(default)]
     token: String,
+    #[serde(default)]
+    token_file: String,
     #[serde(default = "default_influx_timeout")]
     timeout: String,
     #[serde(default = "default_true")]
@@ -485,8 +489,41 @@ fn parse_mqtt_url(url: &str) -> Result<(String, u16), ConfigError> {
     Ok((host.to_string(), port))
 }
 
+/// A secret from, in order: the setting itself, the file its `*_file` key names, or the systemd
+/// credential `name` in `$CREDENTIALS_DIRECTORY` (`LoadCredential=`).
+fn secret(file_key: &str, value: String, file: &str, name: &str) -> Result<Secret, ConfigError> {
+    if !value.is_empty() {
+        return Ok(Secret::new(value));
+    }
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map(|s| Secret::new(s.trim_end_matches(['\n', '\r'])))
+    };
+    if !file.is_empty() {
+        return read(Path::new(file)).map_err(|e| {
+            err(
+                file_key,
+                format!("cannot read {file}: {e}"),
+                "point it at a readable file holding only the secret",
+            )
+        });
+    }
+    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+        let path = Path::new(&dir).join(name);
+        if path.exists() {
+            return read(&path).map_err(|e| {
+                err(
+                    file_key,
+                    format!("cannot read the credential {}: {e}", path.display()),
+                    "check LoadCredential= in the unit",
+                )
+            });
+        }
+    }
+    Ok(Secret::default())
+}
+
 impl Raw {
-    fn validate(self) -> Result<Settings, ConfigError> {
+    fn validate(mut self) -> Result<Settings, ConfigError> {
         let (host, port) = parse_mqtt_url(&self.mqtt.url)?;
         non_empty(
             "mqtt.client_id",
@@ -516,8 +553,20 @@ impl Raw {
         let credentials = if self.mqtt.username.is_empty() {
             None
         } else {
-            Some((self.mqtt.username, Secret::new(self.mqtt.password)))
+            let password = secret(
+                "mqtt.password_file",
+                self.mqtt.password,
+                &self.mqtt.password_file,
+                "mqtt-password",
+            )?;
+            Some((self.mqtt.username, password))
         };
+        let token = secret(
+            "influx.token_file",
+            std::mem::take(&mut self.influx.token),
+            &self.influx.token_file,
+            "influx-token",
+        )?;
         let reconnect_min = duration("mqtt.reconnect_min", &self.mqtt.reconnect_min)?;
         let reconnect_max = duration("mqtt.reconnect_max", &self.mqtt.reconnect_max)?;
         if reconnect_min > reconnect_max || reconnect_min.is_zero() {
@@ -627,7 +676,7 @@ impl Raw {
             influx: InfluxSettings {
                 url,
                 api,
-                token: Secret::new(self.influx.token),
+                token,
                 basic_auth,
                 timeout: duration("influx.timeout", &self.influx.timeout)?,
                 gzip: self.influx.gzip,

@@ -58,6 +58,8 @@ pub struct OpenReport {
 
 #[derive(Debug, Default)]
 struct State {
+    /// (end of a synced group, when it was synced): the age of the oldest pending reading.
+    sync_times: std::collections::VecDeque<(Position, std::time::Instant)>,
     /// Segment id -> its length on disk.
     segments: BTreeMap<u64, u64>,
     /// End of what is on disk and synced: the reader never reads past it.
@@ -254,6 +256,13 @@ pub fn open(cfg: SpoolConfig) -> io::Result<(SpoolWriter, SpoolReader, OpenRepor
         offset: 0,
     };
     report.segments = state.segments.len();
+    if let Some((last, len)) = state.segments.iter().next_back() {
+        let end = Position {
+            segment: *last,
+            offset: *len,
+        };
+        state.sync_times.push_back((end, std::time::Instant::now()));
+    }
     report.pending_bytes = state.total_bytes().saturating_sub(state.committed.offset);
     if report.truncated_bytes > 0 {
         error!(
@@ -368,10 +377,14 @@ impl SpoolWriter {
 
     fn publish_synced(&self) {
         let mut s = self.shared.lock();
-        s.synced = Position {
+        let end = Position {
             segment: self.segment,
             offset: self.written,
         };
+        if end > s.synced && s.sync_times.back().is_none_or(|(p, _)| *p < end) {
+            s.sync_times.push_back((end, std::time::Instant::now()));
+        }
+        s.synced = end;
         drop(s);
         self.shared.synced.notify_one();
     }
@@ -504,6 +517,9 @@ impl SpoolReader {
         let doomed: Vec<u64> = {
             let mut s = self.shared.lock();
             s.committed = upto;
+            while s.sync_times.front().is_some_and(|(p, _)| *p <= upto) {
+                s.sync_times.pop_front();
+            }
             let doomed: Vec<u64> = s
                 .segments
                 .range(..upto.segment)
@@ -528,6 +544,18 @@ impl SpoolReader {
     pub fn pending_bytes(&self) -> u64 {
         let s = self.shared.lock();
         s.total_bytes().saturating_sub(s.committed.offset)
+    }
+
+    /// How long the oldest reading not yet in the store has waited (zero when none). Readings
+    /// recovered at start count from the time of opening.
+    pub fn oldest_pending_age(&self) -> std::time::Duration {
+        let s = self.shared.lock();
+        if !s.has_data_after(s.committed) {
+            return std::time::Duration::ZERO;
+        }
+        s.sync_times
+            .front()
+            .map_or(std::time::Duration::ZERO, |(_, t)| t.elapsed())
     }
 
     /// Has anything been read since the last commit or rewind?

@@ -48,8 +48,11 @@ pub async fn run(
     let stats = Arc::new(Stats::default());
     let shutdown = CancellationToken::new();
     let (events, mut ready) = tokio::sync::mpsc::unbounded_channel();
+    let (_rules, rules_rx) =
+        tokio::sync::watch::channel(Arc::new(crate::normalise::Normaliser::new(&settings)));
     let pipeline = tokio::spawn(crate::pipeline::run(
         settings,
+        rules_rx,
         sinks,
         stats.clone(),
         events,

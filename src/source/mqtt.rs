@@ -10,19 +10,22 @@ use std::time::Duration;
 
 use chrono::Utc;
 use rand::Rng;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, SubscribeReasonCode};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, SubscribeReasonCode,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::ack::{Ack, AckToken, Acker};
+use crate::health::Stage;
 use crate::model::Message;
 use crate::normalise::topic_matches;
 use crate::settings::MqttSettings;
 use crate::stats::Stats;
 
 /// How often "connected but silent" is checked.
-const SILENCE_CHECK: Duration = Duration::from_secs(5);
+const SILENCE_CHECK: Duration = crate::health::BEAT_EVERY;
 
 /// Last message time per subscription that has an expected interval.
 struct Silence {
@@ -55,11 +58,10 @@ impl Silence {
     fn check(&mut self, stats: &Stats) {
         for (filter, expected, last, silent) in &mut self.filters {
             let quiet = last.elapsed();
+            stats.since_last_message(filter, quiet);
             if !*silent && quiet > *expected {
                 *silent = true;
-                stats
-                    .silent_subscriptions
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                stats.subscription_silent();
                 warn!(subscription = %filter, silent_for = ?quiet, expected = ?expected,
                     "connected but silent: no message on this subscription for longer than expected");
             }
@@ -116,6 +118,41 @@ pub enum SourceEvent {
     Ready,
 }
 
+/// What the poll task hands to the source loop.
+type Polled = Result<Event, (String, Duration)>;
+
+/// Polls the event loop in a task of its own and never cancels `poll()`: a poll dropped halfway
+/// through a connect drops the connection. Backs off (with jitter) after every error. Ends after
+/// the DISCONNECT is sent or when the source loop is gone.
+fn spawn_poller(mut eventloop: EventLoop, min: Duration, max: Duration) -> mpsc::Receiver<Polled> {
+    let (tx, rx) = mpsc::channel(256);
+    tokio::spawn(async move {
+        let mut backoff = min;
+        loop {
+            match eventloop.poll().await {
+                Ok(event) => {
+                    let done = matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect));
+                    if matches!(event, Event::Incoming(Packet::ConnAck(_))) {
+                        backoff = min;
+                    }
+                    if tx.send(Ok(event)).await.is_err() || done {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let wait = backoff.mul_f64(1.0 + rand::rng().random_range(0.0..0.5));
+                    if tx.send(Err((e.to_string(), wait))).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(wait).await;
+                    backoff = (backoff * 2).min(max);
+                }
+            }
+        }
+    });
+    rx
+}
+
 /// Runs the source until `finish` is cancelled. Stops forwarding when `stop_intake` is cancelled
 /// (messages received after that are left unacknowledged for redelivery) but keeps polling so
 /// that the last acknowledgements leave.
@@ -128,16 +165,17 @@ pub async fn run(
     finish: CancellationToken,
 ) {
     let capacity = usize::from(settings.max_inflight.get()) * 2 + 64;
-    let (client, mut eventloop) = AsyncClient::new(options(&settings), capacity);
+    let (client, eventloop) = AsyncClient::new(options(&settings), capacity);
+    let mut polled = spawn_poller(eventloop, settings.reconnect_min, settings.reconnect_max);
     let acker: Arc<dyn Acker> = Arc::new(ClientAcker(client.clone()));
     let mut deliveries = Some(deliveries);
-    let mut backoff = settings.reconnect_min;
     let mut pending_subacks = 0usize;
     let mut announced_ready = false;
     let mut silence = Silence::new(&settings.expected_interval);
     let mut silence_check = tokio::time::interval(SILENCE_CHECK);
 
     loop {
+        stats.beats.beat(Stage::Source);
         let event = tokio::select! {
             // The whole pipeline has drained: say goodbye.
             _ = finish.cancelled() => break,
@@ -152,12 +190,15 @@ pub async fn run(
                 continue;
             }
             // The next packet, or a connection error.
-            ev = eventloop.poll() => ev,
+            ev = polled.recv() => match ev {
+                Some(ev) => ev,
+                None => break,
+            },
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 info!(session_present = ack.session_present, host = %settings.host, port = settings.port, "connected to broker");
-                backoff = settings.reconnect_min;
+                stats.mqtt_connected(true);
                 // Subscribe on every ConnAck: a broker that lost our session forgets them.
                 let filters: Vec<_> = settings
                     .topics
@@ -209,29 +250,19 @@ pub async fn run(
                 }
             }
             Ok(_) => {}
-            Err(e) => {
+            Err((e, retry_in)) => {
                 stats.health.set_subscribed(false);
-                let jitter = rand::rng().random_range(0.0..0.5);
-                let wait = backoff.mul_f64(1.0 + jitter);
-                warn!(error = %e, retry_in = ?wait, "mqtt connection lost, reconnecting");
-                tokio::select! {
-                    _ = finish.cancelled() => break,
-                    _ = tokio::time::sleep(wait) => {}
-                }
-                backoff = (backoff * 2).min(settings.reconnect_max);
+                stats.mqtt_connected(false);
+                stats.mqtt_reconnect();
+                warn!(error = %e, retry_in = ?retry_in, "mqtt connection lost, reconnecting");
             }
         }
     }
 
-    // Let the last PUBACKs and a DISCONNECT leave before returning.
+    // Let the last PUBACKs and a DISCONNECT leave: the poller ends once DISCONNECT is out.
     let _ = client.try_disconnect();
     let _ = tokio::time::timeout(DISCONNECT_GRACE, async {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
+        while polled.recv().await.is_some() {}
     })
     .await;
     info!("mqtt source stopped");

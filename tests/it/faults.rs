@@ -359,12 +359,29 @@ fn forward(upstream: u16, path: &str, body: &[u8]) -> std::io::Result<u16> {
         .unwrap_or(502))
 }
 
+fn messages_received(stack: &Stack) -> f64 {
+    let (_, text) = crate::harness::http_get(stack.ops_port, "/metrics").expect("GET /metrics");
+    text.lines()
+        .find(|l| l.starts_with("urbanflux_messages_received_total"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 #[test]
 fn sigterm_drains_into_the_store_acknowledges_and_exits_zero() {
     let stack = Stack::start();
     let mut daemon = daemon_with(&stack, &[("URBANFLUX__BATCH__MAX_AGE", "3s")]);
     publish_all(stack.broker.port(), &bin_messages(0, 300));
-    // The batch waits up to 3 s: SIGTERM must flush it rather than leave it behind.
+    // Once the daemon has taken all 300 (what it has not taken stays with the broker), SIGTERM
+    // must flush the batch that waits up to 3 s rather than leave it behind.
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while messages_received(&stack) < 300.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not take the 300 messages"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
     let status = daemon.terminate();
     assert!(status.success(), "exit status {status:?}\n{}", daemon.log());
     assert!(daemon.log().contains("shutting down"), "{}", daemon.log());

@@ -282,8 +282,10 @@ impl Mosquitto {
             if let Some(status) = child.try_wait().expect("poll mosquitto") {
                 return Err(format!("exited with {status}:\n{}", read_lossy(&log)));
             }
-            if port_accepts(self.port) {
-                // Our child must still be the one listening (not another test's process).
+            // Our child must be the one listening, not another test's broker that took the port:
+            // mosquitto says which port it opened.
+            let opened = format!("listen socket on port {}", self.port);
+            if port_accepts(self.port) && read_lossy(&log).contains(&opened) {
                 if child.try_wait().expect("poll mosquitto").is_none() {
                     self.child = Some(child);
                     return Ok(());

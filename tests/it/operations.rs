@@ -1,0 +1,221 @@
+//! Operating the daemon: SIGHUP reload without dropping the MQTT session, /metrics while it
+//! runs, secrets from files.
+
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::harness::fixtures;
+use crate::harness::{http_get, publish_all, Daemon, Stack, READY_TIMEOUT};
+
+fn signal(daemon: &Daemon, sig: &str) {
+    let status = Command::new("/bin/kill")
+        .arg(format!("-{sig}"))
+        .arg(daemon.pid().to_string())
+        .status()
+        .expect("run /bin/kill");
+    assert!(status.success(), "kill -{sig} {}", daemon.pid());
+}
+
+fn bin(id: &str) -> (String, Vec<u8>) {
+    (
+        format!("sf/dpw/bins/{id}"),
+        format!(r#"{{"device_id":"{id}","timestamp":"2025-03-14T16:05:12Z","fullness_pct":40}}"#)
+            .into_bytes(),
+    )
+}
+
+fn wait_for_series(stack: &Stack, selector: &str) {
+    stack.store.wait_for_samples(selector, 1, READY_TIMEOUT);
+}
+
+#[test]
+fn sighup_applies_a_changed_rule_without_reconnecting_and_refuses_a_broken_file() {
+    let stack = Stack::start();
+    let mut daemon = stack.start_daemon();
+    publish_all(stack.broker.port(), &[bin("HUP-1")]);
+    wait_for_series(
+        &stack,
+        r#"{__name__="waste_container_fill_ratio",sensor_id="dpw-HUP-1"}"#,
+    );
+
+    // A gateway team renames the namespace of the SF bins: edit, reload.
+    let text = std::fs::read_to_string(&stack.config).unwrap();
+    let changed = text.replacen("sensor_ns = \"dpw\"", "sensor_ns = \"sfbin\"", 1);
+    assert_ne!(
+        text, changed,
+        "the shipped config has no dpw namespace to change"
+    );
+    std::fs::write(&stack.config, &changed).unwrap();
+    signal(&daemon, "HUP");
+    daemon.wait_for_log("configuration reloaded", READY_TIMEOUT);
+    publish_all(stack.broker.port(), &[bin("HUP-2")]);
+    wait_for_series(
+        &stack,
+        r#"{__name__="waste_container_fill_ratio",sensor_id="sfbin-HUP-2"}"#,
+    );
+
+    // A broken file is refused and changes nothing.
+    std::fs::write(
+        &stack.config,
+        changed.replacen("[mqtt]", "[mqtt]\nno_such_key = 1", 1),
+    )
+    .unwrap();
+    signal(&daemon, "HUP");
+    daemon.wait_for_log("reload refused", READY_TIMEOUT);
+    publish_all(stack.broker.port(), &[bin("HUP-3")]);
+    wait_for_series(
+        &stack,
+        r#"{__name__="waste_container_fill_ratio",sensor_id="sfbin-HUP-3"}"#,
+    );
+    assert!(
+        daemon.log().contains("no_such_key"),
+        "the refusal does not name the key:\n{}",
+        daemon.log()
+    );
+
+    // One MQTT connection all along: the session was never dropped.
+    let log = stack.broker.log();
+    let needle = format!(" as {} ", stack.client_id);
+    let connects: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("New client connected") && l.contains(&needle))
+        .collect();
+    assert_eq!(
+        connects.len(),
+        1,
+        "connections of {}:\n{}\n--- broker log ---\n{log}",
+        stack.client_id,
+        connects.join("\n")
+    );
+}
+
+fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn metrics_are_served_and_move_under_load() {
+    let stack = Stack::start();
+    let _daemon = stack.start_daemon();
+    let scrape = || {
+        let (status, body) = http_get(stack.ops_port, "/metrics").expect("GET /metrics");
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    let before = scrape();
+    assert!(before.contains("urbanflux_mqtt_connected 1"), "{before}");
+    let good = fixtures::good_named(&["sf-waste-bin", "paris-traffic-loop", "sf-bikeshare-gbfs"]);
+    let mut messages: Vec<_> = good.iter().map(|f| f.message()).collect();
+    messages.push(fixtures::bad_named("malformed-json").message());
+    publish_all(stack.broker.port(), &messages);
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let text = scrape();
+        let received = metric(&text, "urbanflux_readings_received_total", &[]);
+        let written = metric(&text, "urbanflux_readings_written_total", &[]);
+        let rejected = metric(
+            &text,
+            "urbanflux_readings_rejected_total",
+            &["reason=\"malformed_json\"", "city=\"paris\""],
+        );
+        if received >= 4.0 && written >= 4.0 && rejected >= 1.0 {
+            assert!(
+                metric(
+                    &text,
+                    "urbanflux_readings_received_total",
+                    &["city=\"sf\"", "domain=\"transport\"", "source=\"gbfs\""]
+                ) >= 2.0,
+                "{text}"
+            );
+            assert!(
+                text.contains("urbanflux_sink_write_seconds_bucket"),
+                "{text}"
+            );
+            assert!(text.contains("urbanflux_spool_bytes"), "{text}");
+            assert!(text.contains("urbanflux_ready 1"), "{text}");
+            // Bounded labels: never a topic or a sensor id.
+            assert!(
+                !text.contains("LC-03817") && !text.contains("paris/mobilite"),
+                "{text}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "counters did not move: received {received}, written {written}, rejected {rejected}\n{text}");
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn the_store_token_can_come_from_a_file_and_never_reaches_the_log() {
+    let stack = Stack::start();
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("influx-token");
+    std::fs::write(&token_file, "s3cr3t-token-value\n").unwrap();
+    let mut env = stack.daemon_env(&stack.store.url());
+    env.retain(|(k, _)| k != "URBANFLUX__INFLUX__TOKEN");
+    env.push((
+        "URBANFLUX__INFLUX__TOKEN_FILE".into(),
+        token_file.display().to_string(),
+    ));
+    env.push(("URBANFLUX__LOG__LEVEL".into(), "debug".into()));
+    let mut daemon = Daemon::start(&stack.config, &env);
+    daemon.wait_until_ready();
+    publish_all(stack.broker.port(), &[bin("TOKEN-1")]);
+    wait_for_series(
+        &stack,
+        r#"{__name__="waste_container_fill_ratio",sensor_id="dpw-TOKEN-1"}"#,
+    );
+    assert!(
+        !daemon.log().contains("s3cr3t"),
+        "the token leaked into the log"
+    );
+}
+
+#[test]
+fn systemd_hears_ready_watchdog_reloading_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let stack = Stack::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut env = stack.daemon_env(&stack.store.url());
+    env.push(("NOTIFY_SOCKET".into(), path.display().to_string()));
+    env.push(("WATCHDOG_USEC".into(), "1500000".into()));
+    let mut daemon = Daemon::start(&stack.config, &env);
+    daemon.wait_until_ready();
+
+    let mut heard: Vec<String> = Vec::new();
+    let listen = |until: &str, heard: &mut Vec<String>| {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut buf = [0u8; 512];
+        while !heard.iter().any(|m| m.contains(until)) {
+            assert!(
+                Instant::now() < deadline,
+                "no {until} from the daemon; heard {heard:?}"
+            );
+            if let Ok(n) = socket.recv(&mut buf) {
+                heard.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+    };
+    listen("READY=1", &mut heard);
+    listen("WATCHDOG=1", &mut heard);
+    signal(&daemon, "HUP");
+    listen("RELOADING=1", &mut heard);
+    let status = daemon.terminate();
+    assert!(status.success());
+    listen("STOPPING=1", &mut heard);
+    let first_ready = heard.iter().position(|m| m.contains("READY=1")).unwrap();
+    let reloading = heard
+        .iter()
+        .position(|m| m.contains("RELOADING=1"))
+        .unwrap();
+    assert!(first_ready < reloading, "{heard:?}");
+}
