@@ -1655,3 +1655,170 @@ pub fn base64_decode(text: &str) -> Result<Vec<u8>, String> {
     }
     Ok(out)
 }
+
+// ---------------------------------------------------------------------------------------------
+// InfluxDB 1.x
+
+const INFLUXD: &str = "/usr/bin/influxd";
+
+/// A real InfluxDB 1.x (Debian's `influxdb`, 1.6) on free loopback ports (HTTP API and the
+/// backup RPC port), meta, data and WAL in its own temporary folder, usage reporting off.
+/// Stopped by PID on drop.
+pub struct Influx1 {
+    port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl Influx1 {
+    pub fn start() -> Influx1 {
+        assert!(
+            Path::new(INFLUXD).exists(),
+            "influxd not found: apt-get install -y influxdb"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("it-influx1-")
+            .tempdir()
+            .expect("tempdir");
+        let mut store = Influx1 {
+            port: 0,
+            dir,
+            child: None,
+        };
+        // As with mosquitto: a port free when chosen may be taken before influxd binds it.
+        let mut last_log = String::new();
+        for _attempt in 0..5 {
+            store.port = free_port();
+            match store.spawn(free_port()) {
+                Ok(()) => return store,
+                Err(log) => last_log = log,
+            }
+        }
+        panic!("influxd did not start on free ports after 5 tries; last log:\n{last_log}");
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("influxd.log")
+    }
+
+    /// Writes the configuration, spawns influxd and waits until GET /ping answers 204.
+    fn spawn(&mut self, rpc_port: u16) -> Result<(), String> {
+        let root = self.dir.path();
+        let conf = root.join("influxdb.conf");
+        let text = format!(
+            "reporting-disabled = true\n\
+             bind-address = \"127.0.0.1:{rpc_port}\"\n\
+             [meta]\n  dir = \"{meta}\"\n\
+             [data]\n  dir = \"{data}\"\n  wal-dir = \"{wal}\"\n  query-log-enabled = false\n\
+             [http]\n  bind-address = \"127.0.0.1:{port}\"\n  log-enabled = false\n\
+             [monitor]\n  store-enabled = false\n",
+            meta = root.join("meta").display(),
+            data = root.join("data").display(),
+            wal = root.join("wal").display(),
+            port = self.port,
+        );
+        fs::write(&conf, text).expect("write influxdb.conf");
+        let log = self.log_path();
+        let (out, err) = log_stdio(&log);
+        let mut child = Command::new(INFLUXD)
+            .arg("-config")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {INFLUXD}: {e}"));
+        let deadline = Instant::now() + STORE_START_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().expect("poll influxd") {
+                return Err(format!("exited with {status}:\n{}", read_lossy(&log)));
+            }
+            if matches!(http_get(self.port, "/ping"), Ok((204, _))) {
+                if child.try_wait().expect("poll influxd").is_none() {
+                    self.child = Some(child);
+                    return Ok(());
+                }
+                continue;
+            }
+            if Instant::now() >= deadline {
+                kill_child(&mut child);
+                return Err(format!(
+                    "GET /ping on port {} did not answer 204 within {STORE_START_TIMEOUT:?}:\n{}",
+                    self.port,
+                    read_lossy(&log)
+                ));
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        read_lossy(&self.log_path())
+    }
+
+    /// Runs a statement that changes something (`CREATE DATABASE urbanflux`) through
+    /// `POST /query`; panics unless the store accepted it.
+    pub fn execute(&self, statement: &str) {
+        let path = format!("/query?q={}", url_encode(statement));
+        match http_post(self.port, &path, "") {
+            Ok((200, body)) if !body.contains("\"error\"") => {}
+            other => panic!("POST {path} on influxd failed: {other:?}"),
+        }
+    }
+
+    /// `GET /query?db=DB&q=QUERY`: the HTTP status and the JSON answer (an InfluxQL error is a
+    /// 400, or a 200 whose result holds `error`).
+    pub fn query(&self, db: &str, query: &str) -> (u16, Value) {
+        let path = format!("/query?db={}&q={}", url_encode(db), url_encode(query));
+        let (status, body) = http_get(self.port, &path)
+            .unwrap_or_else(|e| panic!("GET {path} on influxd failed: {e}"));
+        let json = serde_json::from_str(&body).unwrap_or_else(|e| {
+            panic!("GET {path} on influxd answered {status} with no JSON ({e}): {body}")
+        });
+        (status, json)
+    }
+}
+
+impl Drop for Influx1 {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_child(&mut child);
+            if thread::panicking() {
+                eprintln!(
+                    "--- influxd log (last 20 lines) ---\n{}",
+                    tail(&self.log(), 20)
+                );
+            }
+        }
+    }
+}
+
+/// POST `body` to `path` on 127.0.0.1:`port` over HTTP/1.0: (status, body).
+pub fn http_post(port: u16, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&loopback(port), HTTP_TIMEOUT)?;
+    stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
+    stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
+    write!(
+        stream,
+        "POST {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, answer) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP status line in {head:?}")))?;
+    Ok((status, answer.to_owned()))
+}

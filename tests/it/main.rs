@@ -1,10 +1,12 @@
 //! The one integration-test binary of urbanflux.
 //!
 //! `harness` starts real services on free loopback ports (mosquitto, VictoriaMetrics, the daemon
-//! itself), loads the fixtures of `tests/fixtures/` and compares what comes out with what the
-//! fixtures expect. `pipeline` and `faults` hold the tests: each reads as the behaviour it guards, and each
-//! owns its broker, store, ports, temporary folders and MQTT client id, so they run in parallel.
+//! itself; InfluxDB 1.x for the dashboards), loads the fixtures of `tests/fixtures/` and compares
+//! what comes out with what the fixtures expect. `pipeline`, `faults` and `dashboards` hold the
+//! tests: each reads as the behaviour it guards, and each owns its broker, store, ports,
+//! temporary folders and MQTT client id, so they run in parallel.
 
+mod dashboards;
 mod faults;
 mod harness;
 mod operations;

@@ -151,7 +151,7 @@ fn dead_letter_payload(record: &serde_json::Value) -> Vec<u8> {
 // `urbanflux normalise`
 
 /// Runs `urbanflux normalise` on the fixture's topic and payload.
-fn normalise(fixture: &Fixture) -> std::process::Output {
+pub(crate) fn normalise(fixture: &Fixture) -> std::process::Output {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = test_config(dir.path());
     let mut command = Command::new(urbanflux_bin());
