@@ -140,9 +140,9 @@ async fn normalise_stage(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let outcome = normaliser.normalise(&message, Utc::now());
         let city = normaliser
-            .route(&message.topic)
-            .and_then(|r| r.city.clone())
-            .unwrap_or_else(|| "unknown".to_string());
+            .city_of(&message.topic)
+            .unwrap_or("unknown")
+            .to_string();
         for reject in &outcome.rejects {
             warn!(topic = %message.topic, reason = %reject.code, detail = %reject.detail, "rejected");
             stats.rejected(&city, reject.code);
