@@ -50,6 +50,15 @@ enum Command {
         #[arg(long, value_name = "RFC3339")]
         received_at: Option<String>,
     },
+    /// Run dead letters again through the current rules into the store (after a fix); what is
+    /// still rejected is dead-lettered again. Exit 0 when everything was accepted, 1 otherwise.
+    Replay {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Dead-letter files (JSON lines), e.g. /var/lib/urbanflux/deadletter.jsonl
+        #[arg(required = true, value_name = "DEADLETTERS")]
+        files: Vec<PathBuf>,
+    },
     /// Run everything on this machine: embedded broker, simulated gateways, file store.
     Demo {
         /// Stop after this long (e.g. 20s); default: until Ctrl-C.
@@ -86,6 +95,14 @@ fn main() -> ExitCode {
             };
             init_logging(&settings.log_level);
             runtime(async move { run(settings).await })
+        }
+        Command::Replay { config, files } => {
+            let settings = match Settings::load(&config) {
+                Ok(s) => s,
+                Err(e) => return config_failure(&e),
+            };
+            init_logging(&settings.log_level);
+            replay(settings, files)
         }
         Command::Demo {
             duration,
@@ -143,6 +160,28 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         shutdown,
     )
     .await
+}
+
+fn replay(settings: Settings, files: Vec<PathBuf>) -> ExitCode {
+    let all_accepted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = all_accepted.clone();
+    let code = runtime(async move {
+        let mut sink = Sink::Influx(InfluxSink::new(&settings.influx)?);
+        let summary = urbanflux::replay::run(&settings, &files, &mut sink, true).await?;
+        print!("{summary}");
+        for p in &summary.problems {
+            eprintln!("urbanflux: skipped: {p}");
+        }
+        flag.store(
+            summary.rejected == 0 && summary.partly == 0 && summary.unreadable == 0,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(())
+    });
+    if code == ExitCode::SUCCESS && !all_accepted.load(std::sync::atomic::Ordering::Relaxed) {
+        return ExitCode::FAILURE;
+    }
+    code
 }
 
 fn normalise(config: &std::path::Path, topic: &str, received_at: Option<&str>) -> ExitCode {

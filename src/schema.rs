@@ -348,9 +348,14 @@ impl PointBuilder {
         };
         if let Some((lo, hi)) = spec.range {
             if value < lo || value > hi {
+                let range = if hi == f64::MAX {
+                    format!("below {lo}")
+                } else {
+                    format!("outside [{lo}, {hi}]")
+                };
                 return Err(Reject::new(
                     RejectCode::OutOfRange,
-                    format!("field {field}: {value} is outside [{lo}, {hi}]"),
+                    format!("field {field}: {value} is {range}"),
                 ));
             }
         }
