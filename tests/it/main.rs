@@ -6,4 +6,5 @@
 //! owns its broker, store, ports, temporary folders and MQTT client id, so they run in parallel.
 
 mod harness;
+mod normalisation;
 mod pipeline;
