@@ -63,8 +63,12 @@ fn scaled(name: &str, list: &[&str], n: usize) -> (String, Vec<u8>) {
 
 fn cases(n: &Normaliser) -> Vec<Case> {
     let received = |r: Option<String>| {
-        r.map(|t| chrono::DateTime::parse_from_rfc3339(&t).unwrap().with_timezone(&Utc))
-            .unwrap_or_else(Utc::now)
+        r.map(|t| {
+            chrono::DateTime::parse_from_rfc3339(&t)
+                .unwrap()
+                .with_timezone(&Utc)
+        })
+        .unwrap_or_else(Utc::now)
     };
     let mut raw: Vec<(String, String, Vec<u8>, Option<String>)> = [
         ("json: paris loop", "paris-traffic-loop"),
@@ -89,8 +93,16 @@ fn cases(n: &Normaliser) -> Vec<Case> {
     })
     .collect();
     for (label, name, list) in [
-        ("json: gbfs (500 stations)", "sf-bikeshare-gbfs", &["data", "stations"][..]),
-        ("json: gtfs-rt (1000 vehicles)", "sf-muni-gtfsrt", &["entity"][..]),
+        (
+            "json: gbfs (500 stations)",
+            "sf-bikeshare-gbfs",
+            &["data", "stations"][..],
+        ),
+        (
+            "json: gtfs-rt (1000 vehicles)",
+            "sf-muni-gtfsrt",
+            &["entity"][..],
+        ),
     ] {
         let (topic, payload) = scaled(name, list, if label.contains("500") { 500 } else { 1000 });
         raw.push((label.to_string(), topic, payload, None));
@@ -101,7 +113,12 @@ fn cases(n: &Normaliser) -> Vec<Case> {
         .map(|i| String::from_utf8_lossy(&row).replacen("409999", &format!("4{i:05}"), 1))
         .collect::<Vec<_>>()
         .join("\n");
-    raw.push(("csv: pems (500 rows)".into(), topic, rows.into_bytes(), None));
+    raw.push((
+        "csv: pems (500 rows)".into(),
+        topic,
+        rows.into_bytes(),
+        None,
+    ));
 
     raw.into_iter()
         .map(|(name, topic, payload, r)| {

@@ -480,3 +480,30 @@ fn a_utf8_byte_order_mark_is_tolerated() {
     );
     assert!(o.rejects.is_empty(), "{:?}", o.rejects);
 }
+
+/// The example of the README section "Normalisation rules", verbatim.
+#[test]
+fn the_readme_example_of_a_new_sensor_type_works() {
+    let readme = include_str!("../../README.md");
+    let start = readme
+        .find("[[route]]\ntopic = \"sf/dpw/nordsense/+\"")
+        .expect("the example");
+    let rule = &readme[start..start + readme[start..].find("```").unwrap()];
+    let settings = Settings::from_toml(&format!("{DEFAULT_CONFIG}\n{rule}")).unwrap();
+    let msg = Message {
+        topic: "sf/dpw/nordsense/NS-0412".into(),
+        payload: br#"{"sensor": "NS-0412", "measured_at": "2025-06-03 09:00:00", "fill_level_pct": 42, "distance_ft": 1.8, "temperature_f": 64.5}"#.to_vec(),
+        received_at: at("2025-06-03T16:00:01Z"),
+    };
+    let o = Normaliser::new(&settings).normalise(&msg, at("2025-06-03T16:00:05Z"));
+    assert!(o.rejects.is_empty(), "{:?}", o.rejects);
+    let line = crate::lineproto::to_line(&o.readings[0]);
+    assert!(
+        line.ends_with(" distance_m=0.549,fill_ratio=0.42,temperature_c=18.06 1748966400000\n"),
+        "{line}"
+    );
+    assert!(
+        readme.contains(line.split(' ').nth(1).unwrap()),
+        "README shows {line}"
+    );
+}
