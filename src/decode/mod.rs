@@ -127,7 +127,7 @@ mod no_panic {
             let (settings, n) = shipped();
             let now = chrono::Utc::now();
             for rule in &settings.routes {
-                let topic = rule.topics[0].replace('+', "x").replace('#', "x");
+                let topic = rule.topics[0].replace(['+', '#'], "x");
                 for payload in [text.as_bytes().to_vec(), bytes.clone()] {
                     let msg = Message { topic: topic.clone(), payload, received_at: now };
                     let _ = n.normalise(&msg, now);
@@ -186,7 +186,7 @@ mod no_panic {
             let now = chrono::Utc::now();
             let payload = serde_json::to_vec(&doc).expect("serialise");
             for rule in &settings.routes {
-                let topic = rule.topics[0].replace('+', "x").replace('#', "x");
+                let topic = rule.topics[0].replace(['+', '#'], "x");
                 let msg = Message { topic, payload: payload.clone(), received_at: now };
                 let _ = n.normalise(&msg, now);
             }

@@ -1232,8 +1232,8 @@ fn boolean(found: Found) -> Option<bool> {
     match found {
         Found::Json(Value::Bool(b)) => Some(*b),
         Found::Json(Value::Number(n)) => match n.as_f64() {
-            Some(v) if v == 1.0 => Some(true),
-            Some(v) if v == 0.0 => Some(false),
+            Some(1.0) => Some(true),
+            Some(0.0) => Some(false),
             _ => None,
         },
         _ => match found.text()?.trim().to_ascii_lowercase().as_str() {
