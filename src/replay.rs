@@ -30,13 +30,15 @@ const RETRY_FIRST: Duration = Duration::from_millis(500);
 /// What became of the replayed entries.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Summary {
-    /// Entries read from the files.
+    /// Entries read from the files (a message dead-lettered once per bad reading runs once).
     pub entries: usize,
-    /// Entries whose every reading was accepted.
+    /// Distinct messages run through the rules.
+    pub messages: usize,
+    /// Messages whose every reading was accepted.
     pub accepted: usize,
-    /// Entries of which some readings were accepted and some still rejected.
+    /// Messages of which some readings were accepted and some still rejected.
     pub partly: usize,
-    /// Entries still rejected whole.
+    /// Messages still rejected whole.
     pub rejected: usize,
     /// Lines that are not dead letters (skipped, listed in `problems`).
     pub unreadable: usize,
@@ -50,6 +52,7 @@ pub struct Summary {
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "replayed {} dead letters:", self.entries)?;
+        writeln!(f, "  messages run      {:>8}", self.messages)?;
         writeln!(f, "  accepted          {:>8}", self.accepted)?;
         writeln!(f, "  partly accepted   {:>8}", self.partly)?;
         writeln!(f, "  still rejected    {:>8}", self.rejected)?;
@@ -90,6 +93,10 @@ pub async fn run(
         }
     }
     summary.entries = entries.len();
+    // A message with several bad readings (a GBFS feed) left one entry per reading, each with
+    // the whole payload: run it once, or its good readings and its rejects would multiply.
+    let mut seen = std::collections::HashSet::new();
+    entries.retain(|e| seen.insert((e.time, e.topic.clone(), e.payload.clone())));
     let normaliser = Normaliser::new(settings);
     let mut dead = DeadLetters::open(&settings.state_dir).map_err(|e| {
         anyhow::anyhow!(
@@ -97,6 +104,7 @@ pub async fn run(
             settings.state_dir.display()
         )
     })?;
+    summary.messages = entries.len();
     let bar = if progress {
         indicatif::ProgressBar::new(entries.len() as u64)
     } else {
@@ -187,4 +195,49 @@ async fn write(sink: &mut Sink, body: &str) -> anyhow::Result<()> {
         }
     }
     unreachable!("the last attempt returns")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Reject;
+    use crate::settings::DEFAULT_CONFIG;
+    use crate::sink::file::FileSink;
+
+    #[tokio::test]
+    async fn a_message_dead_lettered_per_bad_reading_is_replayed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings::from_toml(DEFAULT_CONFIG).unwrap();
+        settings.state_dir = dir.path().join("state");
+        let feed = r#"{"last_updated":1741963325,"data":{"stations":[
+            {"station_id":"a","num_bikes_available":-1,"last_reported":1741963290},
+            {"station_id":"b","num_bikes_available":-2,"last_reported":1741963290},
+            {"station_id":"c","num_bikes_available":3,"last_reported":1741963290}]}}"#;
+        let input = dir.path().join("in.jsonl");
+        {
+            let mut d = DeadLetters::open(dir.path()).unwrap();
+            let r = Reject::new(RejectCode::OutOfRange, "x");
+            let received = Utc::now();
+            for _ in 0..2 {
+                d.write(
+                    received,
+                    "sf/baywheels/gbfs/station_status",
+                    feed.as_bytes(),
+                    &r,
+                )
+                .unwrap();
+            }
+            std::fs::rename(d.path(), &input).unwrap();
+        }
+        let mut sink = Sink::File(FileSink::new(dir.path().join("points")));
+        let s = run(&settings, &[input], &mut sink, false).await.unwrap();
+        assert_eq!(
+            (s.entries, s.messages, s.partly, s.written),
+            (2, 1, 1, 1),
+            "{s}"
+        );
+        assert_eq!(s.reasons.get("out_of_range"), Some(&2), "{s}");
+        let again = deadletter::read(&settings.state_dir.join(deadletter::FILE_NAME)).unwrap();
+        assert_eq!(again.len(), 2);
+    }
 }
