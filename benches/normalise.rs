@@ -99,12 +99,12 @@ fn cases(n: &Normaliser) -> Vec<Case> {
             &["data", "stations"][..],
         ),
         (
-            "json: gtfs-rt (1000 vehicles)",
+            "json: gtfs-rt (500 vehicles)",
             "sf-muni-gtfsrt",
             &["entity"][..],
         ),
     ] {
-        let (topic, payload) = scaled(name, list, if label.contains("500") { 500 } else { 1000 });
+        let (topic, payload) = scaled(name, list, 500);
         raw.push((label.to_string(), topic, payload, None));
     }
     // 500 PeMS rows in one payload
