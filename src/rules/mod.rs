@@ -7,11 +7,16 @@
 //! with its format, zone and window shift. Everything a gateway team needs to add a sensor type
 //! is in TOML; nothing is re-parsed per message.
 //!
-//! Why a small native language rather than jq (jaq) or JSONPath: measured on the same mapping
-//! (benches/rule_language.rs, figures in the README) the compiled native paths are an order of
-//! magnitude faster, they report the rule key and the payload path that failed, and the four
-//! things rules need beyond plain paths (topic levels, registry bindings, "best gateway" and
-//! alternatives) are one step each here but whole programs in jq.
+//! Why a small native language rather than jq (jaq) or JSONPath: measured on the same mappings
+//! (benches/rule_language.rs, figures in the README) the compiled native paths are 20 to 100
+//! times faster (GBFS: 4.3 M stations/s against 176 k/s for jaq, which also needs its own value
+//! type), they report the rule key and the payload path that failed, and the four things rules
+//! need beyond plain paths (topic levels, registry bindings, "best gateway", alternatives) are
+//! one step each here but programs in jq. JSONPath has neither alternatives nor arithmetic.
+//!
+//! Layout: this module holds the compiled types; [`compile`] turns `[[route]]` tables into them
+//! (every error names its key), `apply` runs them; [`path`], [`template`] and [`expr`] are the
+//! three small languages.
 //!
 //! Validation order for one reading: tags (city, kind, sensor id), fields read from the payload
 //! (type, unit, enumeration, range, and `spaces_occupied <= spaces_operational` as soon as both
@@ -19,7 +24,7 @@
 //! rejects the reading; other elements of the same message are judged on their own.
 
 mod apply;
-mod compile;
+pub mod compile;
 pub mod expr;
 pub mod path;
 pub mod template;
