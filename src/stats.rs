@@ -14,6 +14,8 @@ pub struct Stats {
     pub messages: AtomicU64,
     pub written: AtomicU64,
     pub write_retries: AtomicU64,
+    /// Rejects by (city, source, reason); see [`Stats::rejected_from`].
+    rejected_by_source: Mutex<BTreeMap<(String, String, RejectCode), u64>>,
 }
 
 /// A point-in-time copy for summaries.
@@ -35,6 +37,26 @@ impl Stats {
     pub fn rejected(&self, city: &str, code: RejectCode) {
         let mut m = self.rejected.lock().unwrap_or_else(|e| e.into_inner());
         *m.entry((city.to_string(), code)).or_default() += 1;
+    }
+
+    /// Counts a reject by city, source (the rule's `source` tag, `normaliser.source_of(topic)`)
+    /// and reason; also counts it in [`Stats::rejected`]'s city and reason totals.
+    pub fn rejected_from(&self, city: &str, source: &str, code: RejectCode) {
+        self.rejected(city, code);
+        let mut m = self
+            .rejected_by_source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *m.entry((city.to_string(), source.to_string(), code))
+            .or_default() += 1;
+    }
+
+    /// Rejects counted by [`Stats::rejected_from`], by (city, source, reason).
+    pub fn rejected_by_source(&self) -> BTreeMap<(String, String, RejectCode), u64> {
+        self.rejected_by_source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn snapshot(&self) -> Snapshot {
