@@ -234,54 +234,7 @@ impl Rule {
             crate::settings::check_filter(&r.sub("topic"), t)?;
         }
 
-        let decoder_name = r.req_str("decoder", "use one of json, senml, lp, plain, csv")?;
-        let decoder = match decoder_name {
-            "json" => Decoder::Json,
-            "senml" => Decoder::Senml,
-            "lp" => Decoder::Lp,
-            "plain" => Decoder::Plain,
-            "csv" => {
-                let names: Vec<String> = r
-                    .strings("columns")?
-                    .ok_or_else(|| {
-                        cfg(
-                            r.sub("columns"),
-                            "a csv rule needs its column names",
-                            "list them in order, e.g. columns = [\"timestamp\", \"station\", ...]",
-                        )
-                    })?
-                    .into_iter()
-                    .map(str::to_string)
-                    .collect();
-                let repeat =
-                    match r.t.get("repeat_columns") {
-                        None => 0,
-                        Some(toml::Value::Integer(n)) if *n >= 0 => *n as usize,
-                        Some(_) => return Err(cfg(
-                            r.sub("repeat_columns"),
-                            "expected a count",
-                            "the size of the repeated column groups after the named ones, e.g. 5",
-                        )),
-                    };
-                Decoder::Csv(Columns { names, repeat })
-            }
-            other => {
-                return Err(cfg(
-                    r.sub("decoder"),
-                    format!("unknown decoder {other:?}"),
-                    format!("use one of: {}", Decoder::NAMES.join(", ")),
-                ))
-            }
-        };
-        if !matches!(decoder, Decoder::Csv(_))
-            && (r.t.contains_key("columns") || r.t.contains_key("repeat_columns"))
-        {
-            return Err(cfg(
-                r.sub("columns"),
-                "columns only apply to decoder = \"csv\"",
-                "remove it",
-            ));
-        }
+        let decoder = compile_decoder(&r)?;
 
         let source = r.req_str(
             "source",
@@ -300,39 +253,7 @@ impl Rule {
         }
 
         // Lookups first: paths elsewhere may name them.
-        let mut lookups = Vec::new();
-        let mut lookup_names: Vec<String> = Vec::new();
-        if let Some(l) = r.table("lookup")? {
-            // Their own keys cannot use @bindings.
-            let no_bindings = |_: &str| None;
-            for name in l.t.keys() {
-                let lt = l.table(name)?.expect("a key of the table");
-                lt.only(&["table", "key"])?;
-                let table = lt.req_str("table", "name a table of the registry file")?;
-                if !registry.has_table(table) {
-                    let known: Vec<&str> = registry.table_names().collect();
-                    return Err(cfg(
-                        lt.sub("table"),
-                        format!("the registry has no table {table:?}"),
-                        format!(
-                            "add [{table}.KEY] records to the registry file, or use one of: {}",
-                            known.join(", ")
-                        ),
-                    ));
-                }
-                let key_text = lt.req_str(
-                    "key",
-                    "give a template such as \"{deviceInfo.devEui:lower}\"",
-                )?;
-                let key =
-                    Template::parse(key_text, &no_bindings).map_err(path_err(lt.sub("key")))?;
-                lookups.push(Lookup {
-                    table: table.to_string(),
-                    key,
-                });
-                lookup_names.push(name.clone());
-            }
-        }
+        let (lookups, lookup_names) = compile_lookups(&r, registry)?;
         let bind = |name: &str| lookup_names.iter().position(|n| n == name);
         let bindings: path::Bindings = &bind;
 
@@ -346,112 +267,9 @@ impl Rule {
             .map(|t| Template::parse(t, bindings).map_err(path_err(r.sub("distinct"))))
             .transpose()?;
 
-        let mut require = Vec::new();
-        if let Some(req) = r.table("require")? {
-            for (p, code) in req.t {
-                let k = req.sub(p);
-                let code = code
-                    .as_str()
-                    .and_then(|c| RejectCode::ALL.iter().find(|rc| rc.as_str() == c))
-                    .ok_or_else(|| {
-                        let codes: Vec<&str> = RejectCode::ALL.iter().map(|c| c.as_str()).collect();
-                        cfg(
-                            &k,
-                            format!("{code} is not a reject code"),
-                            format!("use one of: {}", codes.join(", ")),
-                        )
-                    })?;
-                let path = Path::parse(p, &|_| None).map_err(path_err(k))?;
-                require.push((path, *code));
-            }
-        }
+        let require = compile_require(&r)?;
 
-        // Tags.
-        let tags_t = r.table("tags")?.ok_or_else(|| {
-            cfg(
-                r.sub("tags"),
-                "required table is missing",
-                "add [route.tags] with at least city, kind and sensor_id",
-            )
-        })?;
-        tags_t.only(&TAGS)?;
-        let mut tags = Vec::new();
-        for name in TAGS {
-            let Some(v) = tags_t.t.get(name) else {
-                if matches!(name, "city" | "kind" | "sensor_id") {
-                    return Err(cfg(
-                        tags_t.sub(name),
-                        "required tag is missing",
-                        "give a value or a template such as \"{deviceInfo.tags.city}\"",
-                    ));
-                }
-                continue;
-            };
-            let tk = tags_t.sub(name);
-            let tag = match v {
-                toml::Value::String(_) | toml::Value::Array(_) => {
-                    let values = tags_t
-                        .strings(name)?
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|s| Template::parse(s, bindings).map_err(path_err(tk.clone())))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    TagRule {
-                        name,
-                        values,
-                        map: None,
-                        strict: true,
-                        default: None,
-                    }
-                }
-                toml::Value::Table(t) => {
-                    let tt = Tbl { key: tk.clone(), t };
-                    tt.only(&["value", "map", "strict", "default"])?;
-                    let values = tt
-                        .strings("value")?
-                        .ok_or_else(|| {
-                            cfg(
-                                tt.sub("value"),
-                                "required key is missing",
-                                "give a template",
-                            )
-                        })?
-                        .into_iter()
-                        .map(|s| Template::parse(s, bindings).map_err(path_err(tt.sub("value"))))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    let map = tt
-                        .table("map")?
-                        .map(|m| enum_map(&m, FieldType::Str))
-                        .transpose()?;
-                    let strict = match t.get("strict") {
-                        None => true,
-                        Some(toml::Value::Boolean(b)) => *b,
-                        Some(_) => {
-                            return Err(cfg(
-                                tt.sub("strict"),
-                                "expected true or false",
-                                "write strict = false to keep unmapped values",
-                            ))
-                        }
-                    };
-                    TagRule {
-                        name,
-                        values,
-                        map,
-                        strict,
-                        default: tt.str("default")?.map(str::to_string),
-                    }
-                }
-                other => {
-                    return Err(cfg(
-                        tk,
-                        format!("expected a template or a table, got {}", other.type_str()),
-                        "write \"text-{path}\" or { value = \"...\", map = { ... } }",
-                    ))
-                }
-            };
-            tags.push(tag);
-        }
+        let tags = compile_tags(&r, bindings)?;
 
         // What a constant city or kind fixes.
         let constant = |name: &str| -> Option<String> {
@@ -469,7 +287,7 @@ impl Rule {
         if let Some(c) = &city {
             if !schema::CITIES.contains(&c.as_str()) {
                 return Err(cfg(
-                    tags_t.sub("city"),
+                    r.sub("tags.city"),
                     format!("unknown city {c:?}"),
                     format!("use one of: {}", schema::CITIES.join(", ")),
                 ));
@@ -478,7 +296,7 @@ impl Rule {
         let spec: Option<&'static MeasurementSpec> = match constant("kind") {
             Some(k) => Some(schema::measurement_of_kind(&k).ok_or_else(|| {
                 cfg(
-                    tags_t.sub("kind"),
+                    r.sub("tags.kind"),
                     format!("unknown kind {k:?}"),
                     "use a kind of DATAMODEL.md section 2.2, e.g. quality_station",
                 )
@@ -486,47 +304,7 @@ impl Rule {
             None => None,
         };
 
-        // Fields.
-        let mut fields = Vec::new();
-        if let Some(ft) = r.table("fields")? {
-            for (name, v) in ft.t {
-                let fk = ft.sub(name);
-                let field = match spec {
-                    Some(s) => s.field(name),
-                    None => schema::any_field(name),
-                }
-                .ok_or_else(|| {
-                    let fix = match spec {
-                        Some(s) => format!(
-                            "use a field of measurement {}: {}",
-                            s.name,
-                            s.fields
-                                .iter()
-                                .map(|f| f.name)
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                        None => "use a field of DATAMODEL.md section 2.2".into(),
-                    };
-                    cfg(&fk, format!("{name:?} is not a canonical field"), fix)
-                })?;
-                fields.push(compile_field(&fk, field, v, bindings)?);
-            }
-        }
-        if fields.is_empty() {
-            return Err(cfg(
-                r.sub("fields"),
-                "the rule maps no field",
-                "add [route.fields] with at least one canonical field",
-            ));
-        }
-        // Payload fields first, then constants, then derived ones: an inconsistency between two
-        // sent counts is reported as such, not as the negative difference derived from them.
-        fields.sort_by_key(|f| match f.source {
-            Source::Path(_) => 0,
-            Source::Const(_) => 1,
-            Source::Expr(_) => 2,
-        });
+        let fields = compile_fields(&r, spec, bindings)?;
 
         let time = match r.table("time")? {
             None => {
@@ -558,6 +336,264 @@ impl Rule {
     pub fn matches(&self, topic: &str) -> bool {
         self.topics.iter().any(|f| topic_matches(f, topic))
     }
+}
+
+/// `decoder`, with the CSV column layout.
+fn compile_decoder(r: &Tbl) -> Result<Decoder, ConfigError> {
+    let decoder_name = r.req_str("decoder", "use one of json, senml, lp, plain, csv")?;
+    let decoder = match decoder_name {
+        "json" => Decoder::Json,
+        "senml" => Decoder::Senml,
+        "lp" => Decoder::Lp,
+        "plain" => Decoder::Plain,
+        "csv" => {
+            let names: Vec<String> = r
+                .strings("columns")?
+                .ok_or_else(|| {
+                    cfg(
+                        r.sub("columns"),
+                        "a csv rule needs its column names",
+                        "list them in order, e.g. columns = [\"timestamp\", \"station\", ...]",
+                    )
+                })?
+                .into_iter()
+                .map(str::to_string)
+                .collect();
+            let repeat = match r.t.get("repeat_columns") {
+                None => 0,
+                Some(toml::Value::Integer(n)) if *n >= 0 => *n as usize,
+                Some(_) => {
+                    return Err(cfg(
+                        r.sub("repeat_columns"),
+                        "expected a count",
+                        "the size of the repeated column groups after the named ones, e.g. 5",
+                    ))
+                }
+            };
+            Decoder::Csv(Columns { names, repeat })
+        }
+        other => {
+            return Err(cfg(
+                r.sub("decoder"),
+                format!("unknown decoder {other:?}"),
+                format!("use one of: {}", Decoder::NAMES.join(", ")),
+            ))
+        }
+    };
+    if !matches!(decoder, Decoder::Csv(_))
+        && (r.t.contains_key("columns") || r.t.contains_key("repeat_columns"))
+    {
+        return Err(cfg(
+            r.sub("columns"),
+            "columns only apply to decoder = \"csv\"",
+            "remove it",
+        ));
+    }
+    Ok(decoder)
+}
+
+/// `[route.lookup.NAME]`: the lookups and their names, in order.
+fn compile_lookups(
+    r: &Tbl,
+    registry: &Registry,
+) -> Result<(Vec<Lookup>, Vec<String>), ConfigError> {
+    let mut lookups = Vec::new();
+    let mut lookup_names: Vec<String> = Vec::new();
+    if let Some(l) = r.table("lookup")? {
+        // Their own keys cannot use @bindings.
+        let no_bindings = |_: &str| None;
+        for name in l.t.keys() {
+            let lt = l.table(name)?.expect("a key of the table");
+            lt.only(&["table", "key"])?;
+            let table = lt.req_str("table", "name a table of the registry file")?;
+            if !registry.has_table(table) {
+                let known: Vec<&str> = registry.table_names().collect();
+                return Err(cfg(
+                    lt.sub("table"),
+                    format!("the registry has no table {table:?}"),
+                    format!(
+                        "add [{table}.KEY] records to the registry file, or use one of: {}",
+                        known.join(", ")
+                    ),
+                ));
+            }
+            let key_text = lt.req_str(
+                "key",
+                "give a template such as \"{deviceInfo.devEui:lower}\"",
+            )?;
+            let key = Template::parse(key_text, &no_bindings).map_err(path_err(lt.sub("key")))?;
+            lookups.push(Lookup {
+                table: table.to_string(),
+                key,
+            });
+            lookup_names.push(name.clone());
+        }
+    }
+    Ok((lookups, lookup_names))
+}
+
+/// `[route.require]`: paths whose absence refuses the message with a code.
+fn compile_require(r: &Tbl) -> Result<Vec<(Path, RejectCode)>, ConfigError> {
+    let mut require = Vec::new();
+    if let Some(req) = r.table("require")? {
+        for (p, code) in req.t {
+            let k = req.sub(p);
+            let code = code
+                .as_str()
+                .and_then(|c| RejectCode::ALL.iter().find(|rc| rc.as_str() == c))
+                .ok_or_else(|| {
+                    let codes: Vec<&str> = RejectCode::ALL.iter().map(|c| c.as_str()).collect();
+                    cfg(
+                        &k,
+                        format!("{code} is not a reject code"),
+                        format!("use one of: {}", codes.join(", ")),
+                    )
+                })?;
+            let path = Path::parse(p, &|_| None).map_err(path_err(k))?;
+            require.push((path, *code));
+        }
+    }
+    Ok(require)
+}
+
+/// `[route.tags]`: city, kind and sensor_id required, the others optional.
+fn compile_tags(r: &Tbl, bindings: path::Bindings) -> Result<Vec<TagRule>, ConfigError> {
+    let tags_t = r.table("tags")?.ok_or_else(|| {
+        cfg(
+            r.sub("tags"),
+            "required table is missing",
+            "add [route.tags] with at least city, kind and sensor_id",
+        )
+    })?;
+    tags_t.only(&TAGS)?;
+    let mut tags = Vec::new();
+    for name in TAGS {
+        let Some(v) = tags_t.t.get(name) else {
+            if matches!(name, "city" | "kind" | "sensor_id") {
+                return Err(cfg(
+                    tags_t.sub(name),
+                    "required tag is missing",
+                    "give a value or a template such as \"{deviceInfo.tags.city}\"",
+                ));
+            }
+            continue;
+        };
+        let tk = tags_t.sub(name);
+        let tag = match v {
+            toml::Value::String(_) | toml::Value::Array(_) => {
+                let values = tags_t
+                    .strings(name)?
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|s| Template::parse(s, bindings).map_err(path_err(tk.clone())))
+                    .collect::<Result<Vec<_>, _>>()?;
+                TagRule {
+                    name,
+                    values,
+                    map: None,
+                    strict: true,
+                    default: None,
+                }
+            }
+            toml::Value::Table(t) => {
+                let tt = Tbl { key: tk.clone(), t };
+                tt.only(&["value", "map", "strict", "default"])?;
+                let values = tt
+                    .strings("value")?
+                    .ok_or_else(|| {
+                        cfg(
+                            tt.sub("value"),
+                            "required key is missing",
+                            "give a template",
+                        )
+                    })?
+                    .into_iter()
+                    .map(|s| Template::parse(s, bindings).map_err(path_err(tt.sub("value"))))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let map = tt
+                    .table("map")?
+                    .map(|m| enum_map(&m, FieldType::Str))
+                    .transpose()?;
+                let strict = match t.get("strict") {
+                    None => true,
+                    Some(toml::Value::Boolean(b)) => *b,
+                    Some(_) => {
+                        return Err(cfg(
+                            tt.sub("strict"),
+                            "expected true or false",
+                            "write strict = false to keep unmapped values",
+                        ))
+                    }
+                };
+                TagRule {
+                    name,
+                    values,
+                    map,
+                    strict,
+                    default: tt.str("default")?.map(str::to_string),
+                }
+            }
+            other => {
+                return Err(cfg(
+                    tk,
+                    format!("expected a template or a table, got {}", other.type_str()),
+                    "write \"text-{path}\" or { value = \"...\", map = { ... } }",
+                ))
+            }
+        };
+        tags.push(tag);
+    }
+    Ok(tags)
+}
+
+/// `[route.fields]`, checked against the measurement when the kind is fixed, ordered payload
+/// fields first, then constants, then derived ones.
+fn compile_fields(
+    r: &Tbl,
+    spec: Option<&'static MeasurementSpec>,
+    bindings: path::Bindings,
+) -> Result<Vec<FieldRule>, ConfigError> {
+    let mut fields = Vec::new();
+    if let Some(ft) = r.table("fields")? {
+        for (name, v) in ft.t {
+            let fk = ft.sub(name);
+            let field = match spec {
+                Some(s) => s.field(name),
+                None => schema::any_field(name),
+            }
+            .ok_or_else(|| {
+                let fix = match spec {
+                    Some(s) => format!(
+                        "use a field of measurement {}: {}",
+                        s.name,
+                        s.fields
+                            .iter()
+                            .map(|f| f.name)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    None => "use a field of DATAMODEL.md section 2.2".into(),
+                };
+                cfg(&fk, format!("{name:?} is not a canonical field"), fix)
+            })?;
+            fields.push(compile_field(&fk, field, v, bindings)?);
+        }
+    }
+    if fields.is_empty() {
+        return Err(cfg(
+            r.sub("fields"),
+            "the rule maps no field",
+            "add [route.fields] with at least one canonical field",
+        ));
+    }
+    // Payload fields first, then constants, then derived ones: an inconsistency between two
+    // sent counts is reported as such, not as the negative difference derived from them.
+    fields.sort_by_key(|f| match f.source {
+        Source::Path(_) => 0,
+        Source::Const(_) => 1,
+        Source::Expr(_) => 2,
+    });
+    Ok(fields)
 }
 
 fn compile_field(
