@@ -1,18 +1,29 @@
 //! The dead-letter store: every rejected message or reading, as one JSON line under the state
-//! folder (time, topic, payload or payload_base64, reason, detail), so it can be read, counted
-//! and run again once the rule is fixed.
+//! folder (time, topic, payload or payload_base64, reason, detail, and city and source when
+//! known), so it can be read, counted and run again (`urbanflux replay`) once the rule is fixed.
+//!
+//! Bounded: when `deadletter.jsonl` would grow past [`MAX_FILE_BYTES`] it is rotated to
+//! `deadletter.1.jsonl` (the older ones shift up to `deadletter.<KEEP_FILES>.jsonl`, the oldest
+//! is deleted), so a flood of bad messages costs at most `(KEEP_FILES + 1) * MAX_FILE_BYTES` of
+//! disk. Counted per city, source and reason in memory ([`DeadLetters::counts`]).
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::model::Reject;
+use crate::model::{Reject, RejectCode};
 
 pub const FILE_NAME: &str = "deadletter.jsonl";
+/// One dead-letter file holds at most this much: a few hundred thousand typical messages, small
+/// enough to open in an editor and replay in one go.
+pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+/// Rotated files kept besides the current one: with the default size, 384 MiB of disk at most.
+pub const KEEP_FILES: usize = 5;
 
 #[derive(Debug, Serialize)]
 struct Entry<'a> {
@@ -24,20 +35,59 @@ struct Entry<'a> {
     payload_base64: Option<String>,
     reason: &'static str,
     detail: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    city: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<&'a str>,
 }
+
+/// How large the store may grow.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub max_file_bytes: u64,
+    pub keep_files: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_file_bytes: MAX_FILE_BYTES,
+            keep_files: KEEP_FILES,
+        }
+    }
+}
+
+/// Dead letters counted by (city, source, reason); "unknown" where a label is not known.
+pub type Counts = BTreeMap<(String, String, RejectCode), u64>;
 
 #[derive(Debug)]
 pub struct DeadLetters {
+    dir: PathBuf,
     path: PathBuf,
     file: File,
+    size: u64,
+    limits: Limits,
+    counts: Counts,
 }
 
 impl DeadLetters {
     pub fn open(dir: &Path) -> io::Result<DeadLetters> {
+        Self::open_with(dir, Limits::default())
+    }
+
+    pub fn open_with(dir: &Path, limits: Limits) -> io::Result<DeadLetters> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(FILE_NAME);
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        Ok(DeadLetters { path, file })
+        let size = file.metadata()?.len();
+        Ok(DeadLetters {
+            dir: dir.to_path_buf(),
+            path,
+            file,
+            size,
+            limits,
+            counts: Counts::new(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -52,7 +102,20 @@ impl DeadLetters {
         payload: &[u8],
         reject: &Reject,
     ) -> io::Result<()> {
-        self.append(at, topic, payload, reject)?;
+        self.write_labelled(at, topic, payload, reject, None, None)
+    }
+
+    /// Like [`DeadLetters::write`], with the city and source the entry is counted under.
+    pub fn write_labelled(
+        &mut self,
+        at: DateTime<Utc>,
+        topic: &str,
+        payload: &[u8],
+        reject: &Reject,
+        city: Option<&str>,
+        source: Option<&str>,
+    ) -> io::Result<()> {
+        self.append(at, topic, payload, reject, city, source)?;
         self.sync()
     }
 
@@ -68,6 +131,8 @@ impl DeadLetters {
         topic: &str,
         payload: &[u8],
         reject: &Reject,
+        city: Option<&str>,
+        source: Option<&str>,
     ) -> io::Result<()> {
         let text = std::str::from_utf8(payload).ok();
         let entry = Entry {
@@ -80,9 +145,186 @@ impl DeadLetters {
             },
             reason: reject.code.as_str(),
             detail: &reject.detail,
+            city,
+            source,
         };
         let mut line = serde_json::to_vec(&entry)?;
         line.push(b'\n');
-        self.file.write_all(&line)
+        if self.size > 0 && self.size + line.len() as u64 > self.limits.max_file_bytes {
+            self.rotate()?;
+        }
+        self.file.write_all(&line)?;
+        self.size += line.len() as u64;
+        *self
+            .counts
+            .entry((
+                city.unwrap_or("unknown").to_string(),
+                source.unwrap_or("unknown").to_string(),
+                reject.code,
+            ))
+            .or_default() += 1;
+        Ok(())
+    }
+
+    /// What was dead-lettered through this handle, by city, source and reason.
+    pub fn counts(&self) -> &Counts {
+        &self.counts
+    }
+
+    fn rotated(&self, n: usize) -> PathBuf {
+        self.dir.join(format!("deadletter.{n}.jsonl"))
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        self.file.sync_all()?;
+        if self.limits.keep_files == 0 {
+            self.file = File::create(&self.path)?;
+        } else {
+            let _ = std::fs::remove_file(self.rotated(self.limits.keep_files));
+            for n in (1..self.limits.keep_files).rev() {
+                let from = self.rotated(n);
+                if from.exists() {
+                    std::fs::rename(&from, self.rotated(n + 1))?;
+                }
+            }
+            std::fs::rename(&self.path, self.rotated(1))?;
+            self.file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
+        }
+        self.size = 0;
+        Ok(())
+    }
+}
+
+/// The dead-letter files under `dir`, oldest first (`deadletter.5.jsonl` ... `deadletter.jsonl`).
+pub fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut rotated: Vec<(usize, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let n = name
+                .strip_prefix("deadletter.")?
+                .strip_suffix(".jsonl")?
+                .parse::<usize>()
+                .ok()?;
+            Some((n, e.path()))
+        })
+        .collect();
+    rotated.sort_by_key(|r| std::cmp::Reverse(r.0));
+    let mut out: Vec<PathBuf> = rotated.into_iter().map(|(_, p)| p).collect();
+    let current = dir.join(FILE_NAME);
+    if current.exists() {
+        out.push(current);
+    }
+    out
+}
+
+/// One entry read back from a dead-letter file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub time: DateTime<Utc>,
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub reason: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawEntry {
+    time: String,
+    topic: String,
+    payload: Option<String>,
+    payload_base64: Option<String>,
+    reason: String,
+    #[serde(default)]
+    detail: String,
+}
+
+/// Reads a dead-letter file: one result per non-empty line (a broken line says why).
+pub fn read(path: &Path) -> io::Result<Vec<Result<DeadLetter, String>>> {
+    let file = File::open(path)?;
+    let mut out = Vec::new();
+    for (n, line) in io::BufReader::new(file).lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        out.push(parse(&line).map_err(|why| format!("{}:{}: {why}", path.display(), n + 1)));
+    }
+    Ok(out)
+}
+
+fn parse(line: &str) -> Result<DeadLetter, String> {
+    let e: RawEntry = serde_json::from_str(line).map_err(|e| format!("not a dead letter: {e}"))?;
+    let time = DateTime::parse_from_rfc3339(&e.time)
+        .map_err(|err| format!("time {:?}: {err}", e.time))?
+        .with_timezone(&Utc);
+    let payload = match (e.payload, e.payload_base64) {
+        (Some(text), _) => text.into_bytes(),
+        (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .map_err(|err| format!("payload_base64: {err}"))?,
+        (None, None) => return Err("neither payload nor payload_base64".into()),
+    };
+    Ok(DeadLetter {
+        time,
+        topic: e.topic,
+        payload,
+        reason: e.reason,
+        detail: e.detail,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_text_and_binary_payloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = DeadLetters::open(dir.path()).unwrap();
+        let r = Reject::new(RejectCode::BinaryPayload, "not UTF-8");
+        let now = Utc::now();
+        d.write(now, "a/b", &[0xff, 0x00], &r).unwrap();
+        d.write_labelled(now, "a/c", b"{}", &r, Some("sf"), Some("gbfs"))
+            .unwrap();
+        let back = read(d.path()).unwrap();
+        assert_eq!(back.len(), 2);
+        let first = back[0].as_ref().unwrap();
+        assert_eq!(first.payload, vec![0xff, 0x00]);
+        assert_eq!(first.reason, "binary_payload");
+        assert_eq!(back[1].as_ref().unwrap().payload, b"{}");
+        assert_eq!(
+            d.counts()
+                .get(&("sf".into(), "gbfs".into(), RejectCode::BinaryPayload)),
+            Some(&1)
+        );
+    }
+
+    #[test]
+    fn the_store_rotates_and_keeps_a_bounded_number_of_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_file_bytes: 400,
+            keep_files: 2,
+        };
+        let mut d = DeadLetters::open_with(dir.path(), limits).unwrap();
+        let r = Reject::new(RejectCode::MalformedJson, "x".repeat(100));
+        for i in 0..20 {
+            d.write(Utc::now(), &format!("t/{i}"), b"{", &r).unwrap();
+        }
+        let files = files(dir.path());
+        assert_eq!(files.len(), 3, "{files:?}");
+        for f in &files {
+            assert!(std::fs::metadata(f).unwrap().len() <= 400, "{f:?}");
+        }
+        // oldest first, newest last, and the newest entry is in the current file
+        assert!(files[0].ends_with("deadletter.2.jsonl"));
+        let last = read(files.last().unwrap()).unwrap();
+        assert_eq!(last.last().unwrap().as_ref().unwrap().topic, "t/19");
     }
 }

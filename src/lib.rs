@@ -11,10 +11,13 @@
 //!
 //! - [`model`]: the types that cross stage boundaries (message, reading, reject).
 //! - [`schema`], [`units`], [`time`]: the canonical model, the unit registry, timestamps.
-//! - [`decode`] and [`normalise`]: pure functions, bytes and config in, readings or rejects out.
+//! - [`decode`] and [`normalise`]: pure functions, bytes and config in, readings or rejects out;
+//!   [`rules`] are the normalisation rules of the configuration, compiled; [`registry`] is the
+//!   device registry they look static metadata up in.
 //! - [`spool`] (durable, on disk), [`batch`], [`sink`]: holding, grouping and writing;
 //!   [`ack`] carries the contract, [`health`] says whether we are ready.
-//! - [`deadletter`]: where every rejected message goes, with its reason.
+//! - [`deadletter`]: where every rejected message goes, with its reason; [`replay`] runs dead
+//!   letters again through the current rules.
 //! - [`pipeline`] wires the stages; [`settings`] loads the configuration; [`demo`] runs it all
 //!   on an embedded broker with simulated gateways.
 
@@ -30,6 +33,9 @@ pub mod model;
 pub mod normalise;
 pub mod ops;
 pub mod pipeline;
+pub mod registry;
+pub mod replay;
+pub mod rules;
 pub mod schema;
 pub mod settings;
 pub mod sink;

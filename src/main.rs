@@ -63,6 +63,15 @@ enum Command {
         #[arg(long, value_name = "RFC3339")]
         received_at: Option<String>,
     },
+    /// Run dead letters again through the current rules into the store (after a fix); what is
+    /// still rejected is dead-lettered again. Exit 0 when everything was accepted, 1 otherwise.
+    Replay {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Dead-letter files (JSON lines), e.g. /var/lib/urbanflux/deadletter.jsonl
+        #[arg(required = true, value_name = "DEADLETTERS")]
+        files: Vec<PathBuf>,
+    },
     /// Run everything on this machine: embedded broker, simulated gateways, file store.
     Demo {
         /// Stop after this long (e.g. 20s); default: until Ctrl-C.
@@ -99,6 +108,14 @@ fn main() -> ExitCode {
             };
             let log = logging::init(&settings.log_level, matches!(log_format, LogFormat::Json));
             runtime(async move { run(config, settings, log).await })
+        }
+        Command::Replay { config, files } => {
+            let settings = match Settings::load(&config) {
+                Ok(s) => s,
+                Err(e) => return config_failure(&e),
+            };
+            logging::init(&settings.log_level, false);
+            replay(settings, files)
         }
         Command::Demo {
             duration,
@@ -254,6 +271,28 @@ fn restart_only_changes(old: &Settings, new: &Settings) -> Vec<&'static str> {
         out.push("spool/state");
     }
     out
+}
+
+fn replay(settings: Settings, files: Vec<PathBuf>) -> ExitCode {
+    let all_accepted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = all_accepted.clone();
+    let code = runtime(async move {
+        let mut sink = Sink::Influx(InfluxSink::new(&settings.influx)?);
+        let summary = urbanflux::replay::run(&settings, &files, &mut sink, true).await?;
+        print!("{summary}");
+        for p in &summary.problems {
+            eprintln!("urbanflux: skipped: {p}");
+        }
+        flag.store(
+            summary.rejected == 0 && summary.partly == 0 && summary.unreadable == 0,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(())
+    });
+    if code == ExitCode::SUCCESS && !all_accepted.load(std::sync::atomic::Ordering::Relaxed) {
+        return ExitCode::FAILURE;
+    }
+    code
 }
 
 fn normalise(config: &Path, topic: &str, received_at: Option<&str>) -> ExitCode {

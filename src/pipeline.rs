@@ -38,7 +38,7 @@ struct Normalised {
     record: Option<Record>,
     rejects: Vec<Reject>,
     city: String,
-    source: &'static str,
+    source: String,
     ack: Ack,
 }
 
@@ -189,11 +189,14 @@ async fn normalise_stage(
         }
         stats.message_received();
         let outcome = normaliser.normalise(&message, Utc::now());
-        let route = normaliser.route(&message.topic);
-        let city = route
-            .and_then(|r| r.city.clone())
-            .unwrap_or_else(|| "unknown".to_string());
-        let source = route.map_or("unknown", |r| r.parser.source_tag());
+        let city = normaliser
+            .city_of(&message.topic)
+            .unwrap_or("unknown")
+            .to_string();
+        let source = normaliser
+            .source_of(&message.topic)
+            .unwrap_or("unknown")
+            .to_string();
         let record = (!outcome.readings.is_empty()).then(|| {
             let mut lines = String::with_capacity(outcome.readings.len() * 200);
             for r in &outcome.readings {
@@ -260,13 +263,15 @@ async fn spool_stage(
         let Some(n) = next else { break };
         for reject in &n.rejects {
             warn!(topic = %n.message.topic, reason = %reject.code, detail = %reject.detail, "rejected");
-            stats.rejected(&n.city, n.source, reject.code);
+            stats.rejected(&n.city, &n.source, reject.code);
             let mut d = dead.lock().unwrap_or_else(|e| e.into_inner());
             d.append(
                 n.message.received_at,
                 &n.message.topic,
                 &n.message.payload,
                 reject,
+                Some(&n.city),
+                Some(&n.source),
             )
             .map_err(|e| {
                 anyhow::anyhow!(

@@ -239,6 +239,15 @@ pub fn measurement(name: &str) -> Option<&'static MeasurementSpec> {
     MEASUREMENTS.iter().find(|m| m.name == name)
 }
 
+/// A field of any measurement (or a device-health field), for rules whose kind comes from the
+/// payload: the same field name has the same type and unit in every measurement.
+pub fn any_field(name: &str) -> Option<&'static FieldSpec> {
+    MEASUREMENTS
+        .iter()
+        .find_map(|m| m.fields.iter().find(|f| f.name == name))
+        .or_else(|| HEALTH_FIELDS.iter().find(|f| f.name == name))
+}
+
 /// Kinds are unique across measurements, so a kind names its measurement and domain.
 pub fn measurement_of_kind(kind: &str) -> Option<&'static MeasurementSpec> {
     MEASUREMENTS.iter().find(|m| m.kinds.contains(&kind))
@@ -339,9 +348,14 @@ impl PointBuilder {
         };
         if let Some((lo, hi)) = spec.range {
             if value < lo || value > hi {
+                let range = if hi == f64::MAX {
+                    format!("below {lo}")
+                } else {
+                    format!("outside [{lo}, {hi}]")
+                };
                 return Err(Reject::new(
                     RejectCode::OutOfRange,
-                    format!("field {field}: {value} is outside [{lo}, {hi}]"),
+                    format!("field {field}: {value} is {range}"),
                 ));
             }
         }
@@ -350,7 +364,31 @@ impl PointBuilder {
             _ => FieldValue::Float(value),
         };
         self.set(spec.name, v);
+        self.check_counts()?;
         Ok(self)
+    }
+
+    fn int(&self, k: &str) -> Option<i64> {
+        self.fields.iter().find_map(|(f, v)| match v {
+            FieldValue::Int(i) if *f == k => Some(*i),
+            _ => None,
+        })
+    }
+
+    /// `spaces_occupied <= spaces_operational`, checked as soon as both are known, so that a
+    /// derived field (available = operational - occupied) is never judged before its inputs.
+    fn check_counts(&self) -> Result<(), Reject> {
+        if let (Some(occ), Some(oper)) =
+            (self.int("spaces_occupied"), self.int("spaces_operational"))
+        {
+            if occ > oper {
+                return Err(Reject::new(
+                    RejectCode::InconsistentCounts,
+                    format!("spaces_occupied {occ} exceeds spaces_operational {oper}"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub fn bool(&mut self, field: &str, value: bool) -> Result<&mut Self, Reject> {
@@ -419,20 +457,7 @@ impl PointBuilder {
                 "no canonical field could be read",
             ));
         }
-        let int = |k: &str| {
-            self.fields.iter().find_map(|(f, v)| match v {
-                FieldValue::Int(i) if *f == k => Some(*i),
-                _ => None,
-            })
-        };
-        if let (Some(occ), Some(oper)) = (int("spaces_occupied"), int("spaces_operational")) {
-            if occ > oper {
-                return Err(Reject::new(
-                    RejectCode::InconsistentCounts,
-                    format!("spaces_occupied {occ} exceeds spaces_operational {oper}"),
-                ));
-            }
-        }
+        self.check_counts()?;
         Ok(Reading {
             measurement: self.spec.name,
             tags: self.tags,
@@ -486,9 +511,8 @@ mod tests {
             .tag("source", "sfpark")
             .tag("sensor_id", "bfid-1");
         p.num("spaces_occupied", 12.0).unwrap();
-        p.num("spaces_operational", 8.0).unwrap();
         assert_eq!(
-            p.finish(0).unwrap_err().code,
+            p.num("spaces_operational", 8.0).unwrap_err().code,
             RejectCode::InconsistentCounts
         );
     }

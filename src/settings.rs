@@ -8,10 +8,12 @@ use std::num::{NonZeroU16, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 
-use crate::normalise::Parser;
-use crate::schema;
+use crate::registry::{Registry, DEFAULT_REGISTRY};
+use crate::rules::Rule;
 
 /// The shipped default configuration, also what `urbanflux demo` runs on.
 pub const DEFAULT_CONFIG: &str = include_str!("../config/urbanflux.toml");
@@ -76,8 +78,11 @@ struct Raw {
     limits: RawLimits,
     #[serde(default)]
     log: RawLog,
+    /// Read from the TOML text directly by [`compile_routes`] (keys keep their case and order).
+    #[serde(default, rename = "route")]
+    _route: serde::de::IgnoredAny,
     #[serde(default)]
-    route: Vec<RawRoute>,
+    registry: RawRegistry,
 }
 
 #[derive(Debug, Deserialize)]
@@ -269,18 +274,16 @@ impl Default for RawLog {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRoute {
-    topic: String,
-    parser: String,
-    #[serde(default)]
-    city: Option<String>,
-    #[serde(default)]
-    kind: Option<String>,
-    #[serde(default)]
-    sensor_ns: Option<String>,
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawRegistry {
+    /// The device registry file, relative to the configuration file.
+    file: Option<String>,
 }
+
+/// The registry file name the shipped configuration uses; when no such file is beside the
+/// configuration, the shipped copy built into the binary is used.
+pub const DEFAULT_REGISTRY_FILE: &str = "devices.toml";
 
 // ---- stage 2: what the program uses ----------------------------------------------------------
 
@@ -297,7 +300,12 @@ pub struct Settings {
     pub state_dir: PathBuf,
     pub max_payload_bytes: usize,
     pub log_level: String,
-    pub routes: Vec<Route>,
+    /// The normalisation rules, compiled (`[[route]]`, see [`crate::rules`]).
+    pub routes: Vec<Rule>,
+    /// The device registry the rules look static metadata up in.
+    pub registry: Arc<Registry>,
+    /// Where the registry came from (a path, or the built-in copy), for check-config.
+    pub registry_origin: String,
 }
 
 #[derive(Debug, Clone)]
@@ -357,16 +365,6 @@ pub struct SpoolSettings {
     pub sync_bytes: u64,
 }
 
-/// One topic route: which parser reads messages on topics matching `topic`.
-#[derive(Debug, Clone)]
-pub struct Route {
-    pub topic: String,
-    pub parser: Parser,
-    pub city: Option<String>,
-    pub kind: Option<String>,
-    pub sensor_ns: Option<String>,
-}
-
 impl Settings {
     /// Reads `path`, then applies `URBANFLUX__*` environment overrides.
     pub fn load(path: &Path) -> Result<Settings, ConfigError> {
@@ -377,11 +375,17 @@ impl Settings {
                 "pass the path of a readable TOML file, e.g. config/urbanflux.toml",
             )
         })?;
-        Self::from_toml(&text)
+        Self::from_toml_in(&text, path.parent())
     }
 
-    /// Parses TOML text, then applies `URBANFLUX__*` environment overrides.
+    /// Parses TOML text, then applies `URBANFLUX__*` environment overrides. A relative
+    /// registry file is looked for in the current folder.
     pub fn from_toml(text: &str) -> Result<Settings, ConfigError> {
+        Self::from_toml_in(text, None)
+    }
+
+    /// Like [`Settings::from_toml`], with a relative registry file looked for in `base`.
+    pub fn from_toml_in(text: &str, base: Option<&Path>) -> Result<Settings, ConfigError> {
         let built = config::Config::builder()
             .add_source(config::File::from_str(text, config::FileFormat::Toml))
             .add_source(
@@ -401,8 +405,67 @@ impl Settings {
                 )
             })?;
         let raw: Raw = built.try_deserialize().map_err(from_config_error)?;
-        raw.validate()
+        let (registry, registry_origin) = load_registry(raw.registry.file.as_deref(), base)?;
+        let routes = compile_routes(text, &registry)?;
+        let mut settings = raw.validate()?;
+        settings.routes = routes;
+        settings.registry = Arc::new(registry);
+        settings.registry_origin = registry_origin;
+        Ok(settings)
     }
+}
+
+/// Loads the device registry named by `registry.file` (relative to `base`); without the key,
+/// or when the shipped default name is not found there, the built-in shipped registry.
+pub fn load_registry(
+    file: Option<&str>,
+    base: Option<&Path>,
+) -> Result<(Registry, String), ConfigError> {
+    let builtin = || {
+        Registry::from_toml(DEFAULT_REGISTRY)
+            .map(|r| (r, "built-in copy of config/devices.toml".to_string()))
+    };
+    let Some(file) = file else {
+        return builtin();
+    };
+    let path = match base {
+        Some(b) if Path::new(file).is_relative() => b.join(file),
+        _ => PathBuf::from(file),
+    };
+    if !path.exists() && file == DEFAULT_REGISTRY_FILE {
+        return builtin();
+    }
+    let registry = Registry::load(&path)?;
+    Ok((registry, path.display().to_string()))
+}
+
+/// Compiles the `[[route]]` tables of the configuration text, in order. They are read with the
+/// `toml` crate rather than through `config`, which would fold the case of enumeration keys
+/// (`Fluide`, `OUI`) and cannot hold non-ASCII keys (`Pré-saturé`).
+fn compile_routes(text: &str, registry: &Registry) -> Result<Vec<Rule>, ConfigError> {
+    let doc: toml::Table = toml::from_str(text).map_err(|e| {
+        err(
+            "(file)",
+            e.message().to_string(),
+            "correct the TOML syntax at the line and column given",
+        )
+    })?;
+    let routes = match doc.get("route") {
+        None => return Ok(Vec::new()),
+        Some(toml::Value::Array(a)) => a,
+        Some(_) => {
+            return Err(err(
+                "route",
+                "is not a list of tables",
+                "write each rule as a [[route]] section",
+            ))
+        }
+    };
+    routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Rule::compile(i, r, registry))
+        .collect()
 }
 
 fn from_config_error(e: config::ConfigError) -> ConfigError {
@@ -655,11 +718,6 @@ impl Raw {
             )
         })?;
 
-        let mut routes = Vec::with_capacity(self.route.len());
-        for (i, r) in self.route.into_iter().enumerate() {
-            routes.push(r.validate(i)?);
-        }
-
         Ok(Settings {
             mqtt: MqttSettings {
                 host,
@@ -702,7 +760,9 @@ impl Raw {
             state_dir: self.state.dir,
             max_payload_bytes: self.limits.max_payload_bytes,
             log_level: self.log.level,
-            routes,
+            routes: Vec::new(),
+            registry: Arc::default(),
+            registry_origin: String::new(),
         })
     }
 }
@@ -758,7 +818,7 @@ impl RawSpool {
     }
 }
 
-fn check_filter(key: &str, filter: &str) -> Result<(), ConfigError> {
+pub(crate) fn check_filter(key: &str, filter: &str) -> Result<(), ConfigError> {
     let levels: Vec<&str> = filter.split('/').collect();
     let ok = !filter.is_empty()
         && levels.iter().enumerate().all(|(i, l)| {
@@ -774,45 +834,6 @@ fn check_filter(key: &str, filter: &str) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
-}
-
-impl RawRoute {
-    fn validate(self, i: usize) -> Result<Route, ConfigError> {
-        let key = |k: &str| format!("route[{i}].{k}");
-        check_filter(&key("topic"), &self.topic)?;
-        let parser = Parser::from_name(&self.parser).ok_or_else(|| {
-            err(
-                key("parser"),
-                format!("unknown parser {:?}", self.parser),
-                format!("use one of: {}", Parser::NAMES.join(", ")),
-            )
-        })?;
-        if let Some(city) = &self.city {
-            if !schema::CITIES.contains(&city.as_str()) {
-                return Err(err(
-                    key("city"),
-                    format!("unknown city {city:?}"),
-                    format!("use one of: {}", schema::CITIES.join(", ")),
-                ));
-            }
-        }
-        if let Some(kind) = &self.kind {
-            if schema::measurement_of_kind(kind).is_none() {
-                return Err(err(
-                    key("kind"),
-                    format!("unknown kind {kind:?}"),
-                    "use a kind of DATAMODEL.md section 2.2, e.g. quality_station",
-                ));
-            }
-        }
-        Ok(Route {
-            topic: self.topic,
-            parser,
-            city: self.city,
-            kind: self.kind,
-            sensor_ns: self.sensor_ns,
-        })
-    }
 }
 
 #[cfg(test)]
@@ -856,6 +877,20 @@ mod tests {
             ("::1".into(), 1883)
         );
         assert!(parse_mqtt_url("http://x").is_err());
+    }
+
+    #[test]
+    fn a_rule_error_names_its_key() {
+        let text = DEFAULT_CONFIG.replacen("unit = \"mph\"", "unit = \"furlong/fortnight\"", 1);
+        let e = Settings::from_toml(&text).unwrap_err();
+        assert!(
+            e.key.starts_with("route[") && e.key.ends_with("fields.speed_kmh.unit"),
+            "{e}"
+        );
+        assert!(e.problem.contains("unknown unit"), "{e}");
+        let text = DEFAULT_CONFIG.replacen("unit = \"mph\"", "unit = \"degF\"", 1);
+        let e = Settings::from_toml(&text).unwrap_err();
+        assert!(e.problem.contains("does not convert into speed_kmh"), "{e}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub const MAX_FUTURE_MS: i64 = 10 * 60 * 1000;
 /// 2000-01-01T00:00:00Z: older readings are refused; it catches seconds sent as milliseconds.
 pub const MIN_TIME_MS: i64 = 946_684_800_000;
 
-/// Reads an RFC 3339 time with an offset, or a naive "YYYY-MM-DD[T ]HH:MM:SS[.fff]" in `zone`.
+/// Reads an RFC 3339 time with an offset, or a naive `YYYY-MM-DD[T ]HH:MM:SS[.fff]` in `zone`.
 /// Sub-millisecond digits are truncated.
 pub fn parse_time(field: &str, text: &str, zone: Tz) -> Result<i64, Reject> {
     let text = text.trim();

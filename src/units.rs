@@ -87,13 +87,14 @@ const UNITS: &[(Quantity, &[&str], f64, f64)] = &[
     (Quantity::Speed, &["km/h", "kmh"], 1.0, 0.0),
     (Quantity::Speed, &["m/s"], 3.6, 0.0),
     (Quantity::Speed, &["mph", "mi/h"], 1.609344, 0.0),
+    (Quantity::Speed, &["kn", "kt"], 1.852, 0.0),
     (Quantity::Energy, &["kWh"], 1.0, 0.0),
     (Quantity::Energy, &["Wh"], 1e-3, 0.0),
     (Quantity::Energy, &["MWh"], 1e3, 0.0),
     (Quantity::Energy, &["J"], 1.0 / 3.6e6, 0.0),
     (Quantity::Dbm, &["dBm", "dBW"], 1.0, 0.0),
     (Quantity::Db, &["dB"], 1.0, 0.0),
-    (Quantity::Angle, &["deg", "°"], 1.0, 0.0),
+    (Quantity::Angle, &["deg", "°", "lat", "lon"], 1.0, 0.0),
     (Quantity::Turbidity, &["NTU", "FNU"], 1.0, 0.0),
     (Quantity::Volume, &["m3"], 1.0, 0.0),
     (Quantity::Volume, &["l", "L"], 1e-3, 0.0),
@@ -149,8 +150,10 @@ pub fn is_senml_unit(unit: &str) -> bool {
 }
 
 fn quantity_of(field: &str) -> Quantity {
-    if field == "ph" {
-        return Quantity::Ph;
+    match field {
+        "ph" => return Quantity::Ph,
+        "lat" | "lon" => return Quantity::Angle,
+        _ => {}
     }
     SUFFIXES
         .iter()
@@ -177,6 +180,22 @@ pub fn convert(field: &str, unit: &str, value: f64) -> Result<f64, Reject> {
 /// True when `unit` converts into `field`'s canonical unit (for config validation).
 pub fn is_known(field: &str, unit: &str) -> bool {
     convert(field, unit, 0.0).is_ok()
+}
+
+/// True when the registry knows `unit` for some quantity (an unknown unit is a config error).
+pub fn is_unit(unit: &str) -> bool {
+    UNITS.iter().any(|(_, names, _, _)| names.contains(&unit))
+}
+
+/// The units `field` accepts, for error messages and the README.
+pub fn units_for(field: &str) -> Vec<&'static str> {
+    let q = quantity_of(field);
+    UNITS
+        .iter()
+        .filter(|(uq, _, _, _)| *uq == q)
+        .flat_map(|(_, names, _, _)| names.iter().copied())
+        .filter(|n| !n.is_empty())
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,8 +1,13 @@
-//! SenML JSON (RFC 8428): resolves base fields into self-contained records.
+//! SenML JSON (RFC 8428): resolves base fields into self-contained records, refuses units that
+//! are not registered for SenML (there is none for degF, gallons or mph: the pack is refused
+//! whole rather than written in part), and groups the records of one device and one time into
+//! one element for rules: `{"groups": [{"_bn": "QS-0417", "_time_ms": 1741939200000,
+//! "pressure": {"v": 412500, "u": "Pa"}, ...}]}`.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::model::{Reject, RejectCode};
+use crate::units;
 
 /// Times below 2^28 are relative to "now" (the receive time); at or above, absolute seconds.
 const RELATIVE_TIME_LIMIT: f64 = 268_435_456.0;
@@ -104,7 +109,7 @@ pub fn decode(doc: &Value, received_ms: i64) -> Result<Vec<Record>, Reject> {
         let time_ms = if t.abs() >= RELATIVE_TIME_LIMIT {
             (t * 1000.0).trunc() as i64
         } else {
-            received_ms + (t * 1000.0).trunc() as i64
+            received_ms.saturating_add((t * 1000.0).trunc() as i64)
         };
         out.push(Record {
             base_name: base_name.clone(),
@@ -117,6 +122,68 @@ pub fn decode(doc: &Value, received_ms: i64) -> Result<Vec<Record>, Reject> {
         });
     }
     Ok(out)
+}
+
+/// Decodes a pack (see the module doc). `received_ms` anchors relative times.
+pub fn groups(doc: &Value, received_ms: i64) -> Result<Value, Reject> {
+    let records = decode(doc, received_ms)?;
+    let mut groups: Vec<(String, i64, Map<String, Value>)> = Vec::new();
+    for r in records {
+        if !r.unit.is_empty() && !units::is_senml_unit(&r.unit) {
+            return Err(Reject::new(
+                RejectCode::UnsupportedUnit,
+                format!(
+                    "record {}{}: {:?} is not a registered SenML unit",
+                    r.base_name, r.name, r.unit
+                ),
+            ));
+        }
+        let bn = r
+            .base_name
+            .trim_end_matches([':', '/', '.', '_', '-'])
+            .to_string();
+        let idx = match groups
+            .iter()
+            .position(|(b, t, _)| *b == bn && *t == r.time_ms)
+        {
+            Some(i) => i,
+            None => {
+                let mut m = Map::new();
+                if !bn.is_empty() {
+                    m.insert("_bn".into(), Value::String(bn.clone()));
+                }
+                m.insert("_time_ms".into(), Value::Number(r.time_ms.into()));
+                groups.push((bn, r.time_ms, m));
+                groups.len() - 1
+            }
+        };
+        let value = match r.value {
+            SenmlValue::Number(n) => serde_json::Number::from_f64(n)
+                .map(Value::Number)
+                .unwrap_or(Value::Null),
+            SenmlValue::String(s) => Value::String(s),
+            SenmlValue::Bool(b) => Value::Bool(b),
+        };
+        let mut rec = Map::new();
+        rec.insert("v".into(), value);
+        if !r.unit.is_empty() {
+            rec.insert("u".into(), Value::String(r.unit));
+        }
+        groups[idx].2.insert(r.name, Value::Object(rec));
+    }
+    if groups.is_empty() {
+        return Err(Reject::new(
+            RejectCode::MalformedPayload,
+            "the SenML pack holds no record with a value",
+        ));
+    }
+    let list = groups
+        .into_iter()
+        .map(|(_, _, m)| Value::Object(m))
+        .collect();
+    let mut doc = Map::new();
+    doc.insert("groups".into(), Value::Array(list));
+    Ok(Value::Object(doc))
 }
 
 #[cfg(test)]
@@ -137,6 +204,24 @@ mod tests {
         assert_eq!(r[1].unit, "Cel");
         assert_eq!(r[2].base_name, "other:");
         assert_eq!(r[2].time_ms, 1_000_000_000_000 - 60_000);
+    }
+
+    #[test]
+    fn records_of_one_time_form_one_group_and_foreign_units_refuse_the_pack() {
+        let doc = json!([
+            {"bn": "QS-0417:", "bt": 1741939200, "n": "p", "u": "Pa", "v": 1},
+            {"n": "t", "u": "Cel", "v": 13.8},
+            {"n": "p", "u": "Pa", "v": 2, "t": -300}
+        ]);
+        let g = groups(&doc, 0).unwrap();
+        assert_eq!(g["groups"][0]["_bn"], "QS-0417");
+        assert_eq!(g["groups"][0]["t"]["v"], 13.8);
+        assert_eq!(g["groups"][1]["_time_ms"], 1_741_938_900_000i64);
+        let bad = json!([{"n": "t", "u": "degF", "v": 58.1}, {"n": "f", "u": "/", "v": 0.6}]);
+        assert_eq!(
+            groups(&bad, 0).unwrap_err().code,
+            RejectCode::UnsupportedUnit
+        );
     }
 
     #[test]

@@ -9,5 +9,6 @@
 mod dashboards;
 mod faults;
 mod harness;
+mod normalisation;
 mod operations;
 mod pipeline;

@@ -41,7 +41,7 @@ fn sighup_applies_a_changed_rule_without_reconnecting_and_refuses_a_broken_file(
 
     // A gateway team renames the namespace of the SF bins: edit, reload.
     let text = std::fs::read_to_string(&stack.config).unwrap();
-    let changed = text.replacen("sensor_ns = \"dpw\"", "sensor_ns = \"sfbin\"", 1);
+    let changed = text.replacen("\"dpw-{device_id", "\"sfbin-{device_id", 1);
     assert_ne!(
         text, changed,
         "the shipped config has no dpw namespace to change"

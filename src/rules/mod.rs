@@ -1,0 +1,192 @@
+//! Normalisation rules: declared in the `[[route]]` tables of the configuration, compiled once
+//! at load (paths, templates, expressions, units, enumerations, zones), applied per message.
+//!
+//! A rule matches topics, picks a [`Decoder`], optionally iterates the elements of the decoded
+//! document (`each`), and for every element makes one reading: tags from templates, fields from
+//! paths (with the source unit), enumeration maps, constants and derived expressions, and a time
+//! with its format, zone and window shift. Everything a gateway team needs to add a sensor type
+//! is in TOML; nothing is re-parsed per message.
+//!
+//! Why a small native language rather than jq (jaq) or JSONPath: measured on the same mappings
+//! (benches/rule_language.rs, figures in the README) the compiled native paths are 20 to 100
+//! times faster (GBFS: 4.3 M stations/s against 176 k/s for jaq, which also needs its own value
+//! type), they report the rule key and the payload path that failed, and the four things rules
+//! need beyond plain paths (topic levels, registry bindings, "best gateway", alternatives) are
+//! one step each here but programs in jq. JSONPath has neither alternatives nor arithmetic.
+//!
+//! Layout: this module holds the compiled types; [`compile`] turns `[[route]]` tables into them
+//! (every error names its key), `apply` runs them; [`path`], [`template`] and [`expr`] are the
+//! three small languages.
+//!
+//! Validation order for one reading: tags (city, kind, sensor id), fields read from the payload
+//! (type, unit, enumeration, range, and `spaces_occupied <= spaces_operational` as soon as both
+//! are known), constants, derived fields, then the time (format, zone, window). The first error
+//! rejects the reading; other elements of the same message are judged on their own.
+
+mod apply;
+pub mod compile;
+pub mod expr;
+pub mod path;
+pub mod template;
+
+pub use apply::Input;
+
+use chrono_tz::Tz;
+
+use crate::decode::Decoder;
+use crate::model::RejectCode;
+use crate::schema::FieldType;
+
+use expr::Expr;
+use path::{Path, PathAlt};
+use template::Template;
+
+/// Tags a rule may set (DATAMODEL.md section 2.3); `domain` follows from the kind and `source`
+/// from the rule.
+pub const TAGS: [&str; 7] = [
+    "city",
+    "kind",
+    "sensor_id",
+    "district",
+    "vehicle_class",
+    "route_id",
+    "waste_stream",
+];
+
+/// One compiled rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// `route[N]` in the configuration.
+    pub key: String,
+    pub topics: Vec<String>,
+    pub decoder: Decoder,
+    pub source: String,
+    each: Option<Path>,
+    distinct: Option<Template>,
+    require: Vec<(Path, RejectCode)>,
+    lookups: Vec<Lookup>,
+    tags: Vec<TagRule>,
+    fields: Vec<FieldRule>,
+    time: TimeRule,
+    /// The city when the rule fixes it (for counting rejects of messages it cannot read).
+    pub city: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Lookup {
+    table: String,
+    key: Template,
+}
+
+#[derive(Debug, Clone)]
+struct TagRule {
+    name: &'static str,
+    /// Alternatives: the first that renders wins.
+    values: Vec<Template>,
+    map: Option<EnumMap>,
+    strict: bool,
+    default: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+enum Source {
+    Path(PathAlt),
+    Expr(Vec<Expr>),
+    Const(MapValue),
+}
+
+#[derive(Debug, Clone)]
+enum UnitSpec {
+    Fixed(String),
+    From(Template),
+}
+
+#[derive(Debug, Clone)]
+struct FieldRule {
+    name: &'static str,
+    ty: FieldType,
+    source: Source,
+    unit: Option<UnitSpec>,
+    map: Option<EnumMap>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum MapValue {
+    Str(String),
+    Num(f64),
+    Bool(bool),
+}
+
+/// An enumeration: exact keys first, then ASCII case-insensitive, then `prefix*` patterns.
+#[derive(Debug, Clone)]
+struct EnumMap(Vec<(String, MapValue)>);
+
+impl EnumMap {
+    fn get(&self, text: &str) -> Option<&MapValue> {
+        let t = text.trim();
+        self.0
+            .iter()
+            .find(|(k, _)| k == t)
+            .or_else(|| self.0.iter().find(|(k, _)| k.eq_ignore_ascii_case(t)))
+            .or_else(|| {
+                self.0.iter().find(|(k, _)| {
+                    k.strip_suffix('*')
+                        .is_some_and(|p| t.len() >= p.len() && t[..p.len()].eq_ignore_ascii_case(p))
+                })
+            })
+            .map(|(_, v)| v)
+    }
+
+    fn keys(&self) -> String {
+        let keys: Vec<&str> = self.0.iter().map(|(k, _)| k.as_str()).collect();
+        keys.join(", ")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum TimeFormat {
+    /// Numbers are POSIX seconds; strings RFC 3339 with an offset, or naive local in the zone.
+    Auto,
+    Rfc3339,
+    EpochS,
+    EpochMs,
+    EpochNs,
+    /// A chrono pattern; without an offset (%z) it is read in the zone.
+    Pattern(String),
+}
+
+#[derive(Debug, Clone)]
+enum Zone {
+    /// Paris feeds Europe/Paris, San Francisco feeds America/Los_Angeles.
+    OfCity,
+    Fixed(Tz),
+    From(Template),
+}
+
+#[derive(Debug, Clone)]
+struct TimeRule {
+    path: Option<PathAlt>,
+    format: TimeFormat,
+    zone: Zone,
+    shift_ms: i64,
+    /// Use the broker receive time when the payload has none.
+    received: bool,
+}
+
+/// MQTT topic filter matching: `+` one level, `#` the rest (including none).
+pub fn topic_matches(filter: &str, topic: &str) -> bool {
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
