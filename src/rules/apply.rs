@@ -257,7 +257,7 @@ impl Rule {
                                 "field {} (from {}): {} is not a boolean",
                                 f.name,
                                 path.text,
-                                shown(found)
+                                super::expr::describe(found)
                             ))
                         })?;
                         p.bool(f.name, b).map(|_| ()).map_err(from)
@@ -272,7 +272,7 @@ impl Rule {
                                 "field {} (from {}): {} is not a number",
                                 f.name,
                                 path.text,
-                                shown(found)
+                                super::expr::describe(found)
                             ))
                         })?;
                         let n = match (&f.unit, record_unit) {
@@ -328,20 +328,6 @@ fn city_zone(city: &str) -> Tz {
     }
 }
 
-fn shown(found: Found) -> String {
-    match found {
-        Found::Text(s) => format!("{s:?}"),
-        Found::Json(v) => {
-            let s = v.to_string();
-            if s.chars().count() > 40 {
-                format!("{}...", s.chars().take(40).collect::<String>())
-            } else {
-                s
-            }
-        }
-    }
-}
-
 fn boolean(found: Found) -> Option<bool> {
     match found {
         Found::Json(Value::Bool(b)) => Some(*b),
@@ -383,7 +369,12 @@ fn convert(field: &str, v: f64, unit: &UnitSpec, scope: &Scope) -> Result<f64, R
 
 /// Reads a time value in its declared format; `zone` resolves naive local times.
 fn read_time(field: &str, found: Found, format: &TimeFormat, zone: Tz) -> Result<i64, Reject> {
-    let bad = |why: &str| malformed(format!("field {field}: {} {why}", shown(found)));
+    let bad = |why: &str| {
+        malformed(format!(
+            "field {field}: {} {why}",
+            super::expr::describe(found)
+        ))
+    };
     let epoch = |scale_to_ms: fn(i64) -> i64, f_scale: f64| -> Result<i64, Reject> {
         let (int, float) = match found {
             Found::Json(Value::Number(n)) => (n.as_i64(), n.as_f64()),

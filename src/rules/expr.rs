@@ -327,7 +327,8 @@ fn eval(node: &Node, values: &[Found], vars: &[Path]) -> Result<f64, Reject> {
     })
 }
 
-fn describe(found: Found) -> String {
+/// A found value as error messages show it: strings quoted, JSON cut at 40 characters.
+pub(super) fn describe(found: Found) -> String {
     match found {
         Found::Text(s) => format!("{s:?}"),
         Found::Json(v) => {
