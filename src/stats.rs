@@ -42,8 +42,9 @@ const SOURCES: &[&str] = &[
 
 #[derive(Debug, Default)]
 pub struct Stats {
-    accepted: Mutex<BTreeMap<(String, String), u64>>,
-    rejected: Mutex<BTreeMap<(String, RejectCode), u64>>,
+    /// Keyed by bounded labels: counting a reading allocates nothing.
+    accepted: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    rejected: Mutex<BTreeMap<(&'static str, RejectCode), u64>>,
     pub messages: AtomicU64,
     pub written: AtomicU64,
     pub write_retries: AtomicU64,
@@ -60,8 +61,8 @@ pub struct Stats {
 /// A point-in-time copy for summaries.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Snapshot {
-    pub accepted: BTreeMap<(String, String), u64>,
-    pub rejected: BTreeMap<(String, RejectCode), u64>,
+    pub accepted: BTreeMap<(&'static str, &'static str), u64>,
+    pub rejected: BTreeMap<(&'static str, RejectCode), u64>,
     pub messages: u64,
     pub written: u64,
     pub write_retries: u64,
@@ -75,21 +76,23 @@ impl Stats {
 
     /// One reading normalised and on its way to the spool.
     pub fn accepted(&self, city: &str, domain: &str, source: &str) {
+        let (city, domain) = (bounded(city, CITIES), bounded(domain, DOMAINS));
         let mut m = self.accepted.lock().unwrap_or_else(|e| e.into_inner());
-        *m.entry((city.to_string(), domain.to_string())).or_default() += 1;
+        *m.entry((city, domain)).or_default() += 1;
         drop(m);
         metrics::counter!("urbanflux_readings_received_total",
-            "city" => bounded(city, CITIES), "domain" => bounded(domain, DOMAINS), "source" => bounded(source, SOURCES))
+            "city" => city, "domain" => domain, "source" => bounded(source, SOURCES))
         .increment(1);
     }
 
     /// One message or reading refused (`source` is the parser family, or "store").
     pub fn rejected(&self, city: &str, source: &str, code: RejectCode) {
+        let city = bounded(city, CITIES);
         let mut m = self.rejected.lock().unwrap_or_else(|e| e.into_inner());
-        *m.entry((city.to_string(), code)).or_default() += 1;
+        *m.entry((city, code)).or_default() += 1;
         drop(m);
         metrics::counter!("urbanflux_readings_rejected_total",
-            "city" => bounded(city, CITIES), "source" => bounded(source, SOURCES), "reason" => code.as_str())
+            "city" => city, "source" => bounded(source, SOURCES), "reason" => code.as_str())
         .increment(1);
     }
 

@@ -133,11 +133,7 @@ fn print_summary(now: &Snapshot, before: &Snapshot, elapsed: Duration) {
         now.messages, now.written, now.write_retries
     );
     for ((city, domain), n) in &now.accepted {
-        let prev = before
-            .accepted
-            .get(&(city.clone(), domain.clone()))
-            .copied()
-            .unwrap_or(0);
+        let prev = before.accepted.get(&(*city, *domain)).copied().unwrap_or(0);
         let rate = if elapsed.is_zero() {
             String::new()
         } else {
