@@ -30,14 +30,6 @@ impl Ack {
         }
     }
 
-    /// For messages that have no broker to answer (the `normalise` and `replay` commands).
-    pub fn none() -> Self {
-        Ack {
-            token: AckToken { pkid: 0, qos: 0 },
-            acker: None,
-        }
-    }
-
     /// The message is durable: tell the broker.
     pub fn release(mut self) {
         if let Some(acker) = self.acker.take() {

@@ -5,9 +5,8 @@
 //! Bounded: when `deadletter.jsonl` would grow past [`MAX_FILE_BYTES`] it is rotated to
 //! `deadletter.1.jsonl` (the older ones shift up to `deadletter.<KEEP_FILES>.jsonl`, the oldest
 //! is deleted), so a flood of bad messages costs at most `(KEEP_FILES + 1) * MAX_FILE_BYTES` of
-//! disk. Counted per city, source and reason in memory ([`DeadLetters::counts`]).
+//! disk. Counted per city, source and reason by telemetry, not here.
 
-use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -16,7 +15,7 @@ use base64::Engine;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Reject, RejectCode};
+use crate::model::Reject;
 
 pub const FILE_NAME: &str = "deadletter.jsonl";
 /// One dead-letter file holds at most this much: a few hundred thousand typical messages, small
@@ -24,6 +23,36 @@ pub const FILE_NAME: &str = "deadletter.jsonl";
 pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 /// Rotated files kept besides the current one: with the default size, 384 MiB of disk at most.
 pub const KEEP_FILES: usize = 5;
+
+/// One rejected message or reading, as the caller hands it in.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Letter<'a> {
+    pub at: DateTime<Utc>,
+    pub topic: &'a str,
+    pub payload: &'a [u8],
+    pub reject: &'a Reject,
+    /// The city and source it is counted under, when known.
+    pub city: Option<&'a str>,
+    pub source: Option<&'a str>,
+}
+
+impl<'a> Letter<'a> {
+    pub(crate) fn new(
+        at: DateTime<Utc>,
+        topic: &'a str,
+        payload: &'a [u8],
+        reject: &'a Reject,
+    ) -> Self {
+        Letter {
+            at,
+            topic,
+            payload,
+            reject,
+            city: None,
+            source: None,
+        }
+    }
+}
 
 #[derive(Debug, Serialize)]
 struct Entry<'a> {
@@ -57,9 +86,6 @@ impl Default for Limits {
     }
 }
 
-/// Dead letters counted by (city, source, reason); "unknown" where a label is not known.
-pub type Counts = BTreeMap<(String, String, RejectCode), u64>;
-
 #[derive(Debug)]
 pub struct DeadLetters {
     dir: PathBuf,
@@ -67,7 +93,6 @@ pub struct DeadLetters {
     file: File,
     size: u64,
     limits: Limits,
-    counts: Counts,
 }
 
 impl DeadLetters {
@@ -86,67 +111,29 @@ impl DeadLetters {
             file,
             size,
             limits,
-            counts: Counts::new(),
         })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Appends one entry and syncs it: a dead letter is a durable outcome, it may release the ack.
-    pub fn write(
-        &mut self,
-        at: DateTime<Utc>,
-        topic: &str,
-        payload: &[u8],
-        reject: &Reject,
-    ) -> io::Result<()> {
-        self.write_labelled(at, topic, payload, reject, None, None)
-    }
-
-    /// Like [`DeadLetters::write`], with the city and source the entry is counted under.
-    pub fn write_labelled(
-        &mut self,
-        at: DateTime<Utc>,
-        topic: &str,
-        payload: &[u8],
-        reject: &Reject,
-        city: Option<&str>,
-        source: Option<&str>,
-    ) -> io::Result<()> {
-        self.append(at, topic, payload, reject, city, source)?;
-        self.sync()
-    }
-
-    /// Makes every appended entry durable (group commit with the spool).
-    pub fn sync(&mut self) -> io::Result<()> {
-        self.file.sync_data()
-    }
-
-    /// Appends one entry without syncing it; call `sync` before releasing its ack.
-    pub fn append(
-        &mut self,
-        at: DateTime<Utc>,
-        topic: &str,
-        payload: &[u8],
-        reject: &Reject,
-        city: Option<&str>,
-        source: Option<&str>,
-    ) -> io::Result<()> {
-        let text = std::str::from_utf8(payload).ok();
+    /// Appends one entry, not yet durable: call [`DeadLetters::sync`] before releasing anything
+    /// that depends on it (an ack, a spool commit). The one way into the store.
+    pub(crate) fn append(&mut self, letter: &Letter) -> io::Result<()> {
+        let text = std::str::from_utf8(letter.payload).ok();
         let entry = Entry {
-            time: at.to_rfc3339_opts(SecondsFormat::Millis, true),
-            topic,
+            time: letter.at.to_rfc3339_opts(SecondsFormat::Millis, true),
+            topic: letter.topic,
             payload: text,
             payload_base64: match text {
                 Some(_) => None,
-                None => Some(base64::engine::general_purpose::STANDARD.encode(payload)),
+                None => Some(base64::engine::general_purpose::STANDARD.encode(letter.payload)),
             },
-            reason: reject.code.as_str(),
-            detail: &reject.detail,
-            city,
-            source,
+            reason: letter.reject.code.as_str(),
+            detail: &letter.reject.detail,
+            city: letter.city,
+            source: letter.source,
         };
         let mut line = serde_json::to_vec(&entry)?;
         line.push(b'\n');
@@ -155,20 +142,12 @@ impl DeadLetters {
         }
         self.file.write_all(&line)?;
         self.size += line.len() as u64;
-        *self
-            .counts
-            .entry((
-                city.unwrap_or("unknown").to_string(),
-                source.unwrap_or("unknown").to_string(),
-                reject.code,
-            ))
-            .or_default() += 1;
         Ok(())
     }
 
-    /// What was dead-lettered through this handle, by city, source and reason.
-    pub fn counts(&self) -> &Counts {
-        &self.counts
+    /// Makes every appended entry durable (group commit with the spool).
+    pub(crate) fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()
     }
 
     fn rotated(&self, n: usize) -> PathBuf {
@@ -196,31 +175,6 @@ impl DeadLetters {
         self.size = 0;
         Ok(())
     }
-}
-
-/// The dead-letter files under `dir`, oldest first (`deadletter.5.jsonl` ... `deadletter.jsonl`).
-pub fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut rotated: Vec<(usize, PathBuf)> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let n = name
-                .strip_prefix("deadletter.")?
-                .strip_suffix(".jsonl")?
-                .parse::<usize>()
-                .ok()?;
-            Some((n, e.path()))
-        })
-        .collect();
-    rotated.sort_by_key(|r| std::cmp::Reverse(r.0));
-    let mut out: Vec<PathBuf> = rotated.into_iter().map(|(_, p)| p).collect();
-    let current = dir.join(FILE_NAME);
-    if current.exists() {
-        out.push(current);
-    }
-    out
 }
 
 /// One entry read back from a dead-letter file.
@@ -282,6 +236,7 @@ fn parse(line: &str) -> Result<DeadLetter, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::RejectCode;
 
     #[test]
     fn entries_round_trip_text_and_binary_payloads() {
@@ -289,19 +244,26 @@ mod tests {
         let mut d = DeadLetters::open(dir.path()).unwrap();
         let r = Reject::new(RejectCode::BinaryPayload, "not UTF-8");
         let now = Utc::now();
-        d.write(now, "a/b", &[0xff, 0x00], &r).unwrap();
-        d.write_labelled(now, "a/c", b"{}", &r, Some("sf"), Some("gbfs"))
+        d.append(&Letter::new(now, "a/b", &[0xff, 0x00], &r))
             .unwrap();
+        d.append(&Letter {
+            city: Some("sf"),
+            source: Some("gbfs"),
+            ..Letter::new(now, "a/c", b"{}", &r)
+        })
+        .unwrap();
+        d.sync().unwrap();
         let back = read(d.path()).unwrap();
         assert_eq!(back.len(), 2);
         let first = back[0].as_ref().unwrap();
         assert_eq!(first.payload, vec![0xff, 0x00]);
         assert_eq!(first.reason, "binary_payload");
         assert_eq!(back[1].as_ref().unwrap().payload, b"{}");
-        assert_eq!(
-            d.counts()
-                .get(&("sf".into(), "gbfs".into(), RejectCode::BinaryPayload)),
-            Some(&1)
+        assert!(
+            std::fs::read_to_string(d.path())
+                .unwrap()
+                .contains(r#""city":"sf","source":"gbfs""#),
+            "the labels are written with the entry"
         );
     }
 
@@ -315,16 +277,30 @@ mod tests {
         let mut d = DeadLetters::open_with(dir.path(), limits).unwrap();
         let r = Reject::new(RejectCode::MalformedJson, "x".repeat(100));
         for i in 0..20 {
-            d.write(Utc::now(), &format!("t/{i}"), b"{", &r).unwrap();
+            d.append(&Letter::new(Utc::now(), &format!("t/{i}"), b"{", &r))
+                .unwrap();
         }
-        let files = files(dir.path());
-        assert_eq!(files.len(), 3, "{files:?}");
-        for f in &files {
-            assert!(std::fs::metadata(f).unwrap().len() <= 400, "{f:?}");
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "deadletter.1.jsonl",
+                "deadletter.2.jsonl",
+                "deadletter.jsonl"
+            ]
+        );
+        for n in &names {
+            assert!(
+                std::fs::metadata(dir.path().join(n)).unwrap().len() <= 400,
+                "{n}"
+            );
         }
-        // oldest first, newest last, and the newest entry is in the current file
-        assert!(files[0].ends_with("deadletter.2.jsonl"));
-        let last = read(files.last().unwrap()).unwrap();
+        // the newest entry is in the current file, the one before it in deadletter.1
+        let last = read(d.path()).unwrap();
         assert_eq!(last.last().unwrap().as_ref().unwrap().topic, "t/19");
     }
 }

@@ -5,43 +5,49 @@
 //!
 //! ```text
 //! source::mqtt -> decode -> normalise -> spool -> batch -> sink::{influx, file}
-//!      ^                                                          |
-//!      +---------- ack: released once the spool has fsynced it -----+
+//!      ^                                   |
+//!      +------ ack: released once the spool has fsynced the message ------+
 //! ```
 //!
-//! - [`model`]: the types that cross stage boundaries (message, reading, reject).
-//! - [`schema`], [`units`], [`time`]: the canonical model, the unit registry, timestamps.
-//! - [`decode`] and [`normalise`]: pure functions, bytes and config in, readings or rejects out;
-//!   [`rules`] are the normalisation rules of the configuration, compiled; [`registry`] is the
-//!   device registry they look static metadata up in.
-//! - [`spool`] (durable, on disk), [`batch`], [`sink`]: holding, grouping and writing;
-//!   [`ack`] carries the contract, [`health`] says whether we are ready.
-//! - [`deadletter`]: where every rejected message goes, with its reason; [`replay`] runs dead
-//!   letters again through the current rules.
-//! - [`pipeline`] wires the stages; [`settings`] loads the configuration; [`demo`] runs it all
-//!   on an embedded broker with simulated gateways.
+//! - [`app`]: the wiring, once (stages, channels, ops endpoint, signals, reload, watchdog); the
+//!   daemon, `demo` and `replay` build on it.
+//! - `settings` (raw structs, secrets, validation), [`error`] (the configuration error),
+//!   `topic` (MQTT filter syntax and matching, shared by source, settings and rules).
+//! - `model`: the types that cross stage boundaries (delivery, message, reading, reject,
+//!   record); `ack` carries the acknowledgement contract.
+//! - [`schema`] (the canonical model: measurements, fields, cities), `units`, `time`.
+//! - `source::mqtt`: the only MQTT code.
+//! - `decode` and [`normalise`]: pure functions, bytes and config in, readings or rejects out;
+//!   [`rules`] are the compiled normalisation rules, `registry` the device registry;
+//!   `normalise::stage` runs them and encodes `lineproto`.
+//! - `spool` (`log` on disk, `stage` for group commit and acks), `batch`, `sink`: holding,
+//!   grouping and writing, with `retry` the one backoff.
+//! - `deadletter`: the one place rejected input is written; `replay` runs it again.
+//! - [`telemetry`]: named events (log + counter together), metrics, health, the ops endpoint,
+//!   logging; `systemd` for notify and the watchdog.
+//! - `demo`: everything on an embedded broker with simulated gateways.
 
-pub mod ack;
-pub mod batch;
-pub mod deadletter;
-pub mod decode;
+pub(crate) mod ack;
+pub mod app;
+pub(crate) mod batch;
+pub(crate) mod deadletter;
+pub(crate) mod decode;
 pub mod demo;
-pub mod health;
-pub mod lineproto;
-pub mod logging;
+pub mod error;
+pub(crate) mod lineproto;
 pub mod model;
 pub mod normalise;
-pub mod ops;
-pub mod pipeline;
-pub mod registry;
-pub mod replay;
+pub(crate) mod registry;
+pub(crate) mod replay;
+pub(crate) mod retry;
 pub mod rules;
 pub mod schema;
 pub mod settings;
-pub mod sink;
-pub mod source;
-pub mod spool;
-pub mod stats;
-pub mod systemd;
-pub mod time;
-pub mod units;
+pub(crate) mod sink;
+pub(crate) mod source;
+pub(crate) mod spool;
+pub(crate) mod systemd;
+pub mod telemetry;
+pub(crate) mod time;
+pub(crate) mod topic;
+pub(crate) mod units;

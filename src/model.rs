@@ -1,8 +1,40 @@
-//! The types that cross stage boundaries: an MQTT message in, canonical readings or rejects out.
-//! No rumqttc or influxdb2 types live here.
+//! The types that cross stage boundaries: an MQTT message in (with the handle that acknowledges
+//! it), canonical readings or rejects out of normalise, spool records on to the store.
+//! No rumqttc or HTTP types live here.
 
 use chrono::{DateTime, Utc};
 use std::fmt;
+
+use crate::ack::Ack;
+
+/// One message and the handle that acknowledges it (source -> normalise).
+#[derive(Debug)]
+pub(crate) struct Delivery {
+    pub message: Message,
+    pub ack: Ack,
+}
+
+/// One message after normalise, on its way into the spool (normalise -> spool).
+#[derive(Debug)]
+pub(crate) struct Normalised {
+    pub message: Message,
+    /// The accepted readings as line protocol; `None` when there are none.
+    pub record: Option<Record>,
+    pub rejects: Vec<Reject>,
+    /// The city and source of the topic's rule, for counting and dead-lettering the rejects.
+    pub city: Option<String>,
+    pub source: Option<String>,
+    pub ack: Ack,
+}
+
+/// One message's readings as the spool keeps them (spool -> batch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub topic: String,
+    pub readings: u32,
+    /// Line protocol, one line per reading, newline-terminated.
+    pub lines: String,
+}
 
 /// One MQTT message as the source hands it to decode/normalise.
 #[derive(Debug, Clone)]

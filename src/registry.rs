@@ -16,14 +16,18 @@
 //! operations side's job); a rule checks at load that the tables it names exist.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::settings::ConfigError;
+use crate::error::ConfigError;
 
 /// The registry shipped in `config/devices.toml`, used when that file is not beside the config.
 pub const DEFAULT_REGISTRY: &str = include_str!("../config/devices.toml");
+
+/// The registry file name the shipped configuration uses; when no such file is beside the
+/// configuration, the shipped copy built into the binary is used.
+pub const DEFAULT_REGISTRY_FILE: &str = "devices.toml";
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Registry {
@@ -96,6 +100,23 @@ impl Registry {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Loads the device registry named by `registry.file` (relative to `base`); without the key,
+/// or when the shipped default name is not found there, the built-in shipped registry.
+pub fn load(file: Option<&str>, base: Option<&Path>) -> Result<Registry, ConfigError> {
+    let builtin = || Registry::from_toml(DEFAULT_REGISTRY);
+    let Some(file) = file else {
+        return builtin();
+    };
+    let path = match base {
+        Some(b) if Path::new(file).is_relative() => b.join(file),
+        _ => PathBuf::from(file),
+    };
+    if !path.exists() && file == DEFAULT_REGISTRY_FILE {
+        return builtin();
+    }
+    Registry::load(&path)
 }
 
 fn to_json(v: toml::Value) -> Value {

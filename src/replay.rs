@@ -15,17 +15,20 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use crate::deadletter::{self, DeadLetters};
+use crate::deadletter::{self, Letter};
 use crate::lineproto;
 use crate::model::{Message, RejectCode};
 use crate::normalise::Normaliser;
+use crate::retry::Backoff;
 use crate::settings::Settings;
-use crate::sink::Sink;
+use crate::sink::{Sink, SinkError};
 
 /// Attempts of one store write before the replay gives up (the entries stay in their files).
 const WRITE_ATTEMPTS: u32 = 5;
 /// First wait after a failed write; doubles each time.
 const RETRY_FIRST: Duration = Duration::from_millis(500);
+/// Longest wait between two attempts.
+const RETRY_MAX: Duration = Duration::from_secs(8);
 
 /// What became of the replayed entries.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -71,10 +74,10 @@ impl fmt::Display for Summary {
 }
 
 /// Replays `files` into `sink`; `progress` shows a bar on a terminal.
-pub async fn run(
+pub(crate) async fn run(
     settings: &Settings,
     files: &[PathBuf],
-    sink: &mut Sink,
+    sink: &mut dyn Sink,
     progress: bool,
 ) -> anyhow::Result<Summary> {
     let mut summary = Summary::default();
@@ -98,12 +101,7 @@ pub async fn run(
     let mut seen = std::collections::HashSet::new();
     entries.retain(|e| seen.insert((e.time, e.topic.clone(), e.payload.clone())));
     let normaliser = Normaliser::new(settings);
-    let mut dead = DeadLetters::open(&settings.state_dir).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot open the dead-letter store under state.dir {}: {e}",
-            settings.state_dir.display()
-        )
-    })?;
+    let mut dead = crate::app::open_dead_letters(&settings.state_dir)?;
     summary.messages = entries.len();
     let bar = if progress {
         indicatif::ProgressBar::new(entries.len() as u64)
@@ -142,20 +140,19 @@ pub async fn run(
                 lineproto::encode(r, &mut body);
                 lines += 1;
             }
+            let rule = normaliser.rule(&msg.topic);
             for reject in &outcome.rejects {
                 *summary
                     .reasons
                     .entry(reject.code.as_str().to_string())
                     .or_default() += 1;
-                dead.write_labelled(
-                    e.time,
-                    &msg.topic,
-                    &msg.payload,
-                    reject,
-                    normaliser.city_of(&msg.topic),
-                    normaliser.source_of(&msg.topic),
-                )?;
+                dead.append(&Letter {
+                    city: rule.and_then(|r| r.city.as_deref()),
+                    source: rule.map(|r| r.source.as_str()),
+                    ..Letter::new(e.time, &msg.topic, &msg.payload, reject)
+                })?;
             }
+            dead.sync()?;
             match (outcome.readings.is_empty(), outcome.rejects.is_empty()) {
                 (_, true) => summary.accepted += 1,
                 (false, false) => summary.partly += 1,
@@ -177,15 +174,14 @@ pub async fn run(
     Ok(summary)
 }
 
-async fn write(sink: &mut Sink, body: &str) -> anyhow::Result<()> {
-    let mut wait = RETRY_FIRST;
+async fn write(sink: &mut dyn Sink, body: &str) -> anyhow::Result<()> {
+    let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
     for attempt in 1..=WRITE_ATTEMPTS {
         match sink.write(body.as_bytes()).await {
             Ok(()) => return Ok(()),
-            Err(crate::sink::SinkError::Retry { message, after }) if attempt < WRITE_ATTEMPTS => {
+            Err(SinkError::Retry { message, after }) if attempt < WRITE_ATTEMPTS => {
                 tracing::warn!(error = %message, attempt, "replay: store write failed, will retry");
-                tokio::time::sleep(after.unwrap_or(wait)).await;
-                wait *= 2;
+                tokio::time::sleep(after.unwrap_or_else(|| backoff.next_wait())).await;
             }
             Err(e) => {
                 return Err(anyhow::anyhow!(
@@ -200,6 +196,7 @@ async fn write(sink: &mut Sink, body: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::deadletter::DeadLetters;
     use crate::model::Reject;
     use crate::settings::DEFAULT_CONFIG;
     use crate::sink::file::FileSink;
@@ -219,17 +216,18 @@ mod tests {
             let r = Reject::new(RejectCode::OutOfRange, "x");
             let received = Utc::now();
             for _ in 0..2 {
-                d.write(
+                d.append(&Letter::new(
                     received,
                     "sf/baywheels/gbfs/station_status",
                     feed.as_bytes(),
                     &r,
-                )
+                ))
                 .unwrap();
             }
+            d.sync().unwrap();
             std::fs::rename(d.path(), &input).unwrap();
         }
-        let mut sink = Sink::File(FileSink::new(dir.path().join("points")));
+        let mut sink = FileSink::new(dir.path().join("points"));
         let s = run(&settings, &[input], &mut sink, false).await.unwrap();
         assert_eq!(
             (s.entries, s.messages, s.partly, s.written),

@@ -233,7 +233,60 @@ pub static MEASUREMENTS: &[MeasurementSpec] = &[
     },
 ];
 
+/// The cities of the programme, with the zone their naive local times are read in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum City {
+    Paris,
+    Sf,
+}
+
+impl City {
+    pub const ALL: [City; 2] = [City::Paris, City::Sf];
+
+    /// The `city` tag value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            City::Paris => "paris",
+            City::Sf => "sf",
+        }
+    }
+
+    pub fn parse(tag: &str) -> Option<City> {
+        City::ALL.into_iter().find(|c| c.as_str() == tag)
+    }
+
+    /// DATAMODEL 2.4: Paris feeds are in Europe/Paris, San Francisco feeds in America/Los_Angeles.
+    pub fn zone(self) -> chrono_tz::Tz {
+        match self {
+            City::Paris => chrono_tz::Europe::Paris,
+            City::Sf => chrono_tz::America::Los_Angeles,
+        }
+    }
+}
+
+/// The `city` tag values, for messages that list them.
 pub const CITIES: &[&str] = &["paris", "sf"];
+
+/// The `domain` tag values (DATAMODEL 2.2).
+pub const DOMAINS: &[&str] = &["networks", "transport", "waste"];
+
+/// The `source` tag values: the parser families of DATAMODEL 2.3.
+pub const SOURCES: &[&str] = &[
+    "opendata_paris",
+    "prim_siri",
+    "senml",
+    "lp",
+    "plain",
+    "chirpstack",
+    "tts",
+    "pems",
+    "sfpark",
+    "gbfs",
+    "gtfs_rt",
+    "sfpuc_ami",
+    "vendor_webhook",
+    "recology",
+];
 
 pub fn measurement(name: &str) -> Option<&'static MeasurementSpec> {
     MEASUREMENTS.iter().find(|m| m.name == name)
@@ -477,6 +530,17 @@ pub fn round_to(value: f64, decimals: u8) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_city_list_and_the_city_type_agree() {
+        let names: Vec<&str> = City::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(names, CITIES);
+        assert_eq!(
+            City::parse("sf").map(City::zone),
+            Some(chrono_tz::America::Los_Angeles)
+        );
+        assert_eq!(City::parse("lyon"), None);
+    }
 
     #[test]
     fn rounding_is_half_away_from_zero_and_survives_float_error() {

@@ -1,4 +1,4 @@
-//! JSON payloads and the small path helpers normalisers read them with.
+//! JSON payloads: parsing, and the name of a value's type for error messages.
 
 use serde_json::Value;
 
@@ -12,76 +12,7 @@ pub fn parse(payload: &[u8]) -> Result<Value, Reject> {
         .map_err(|e| Reject::new(RejectCode::MalformedJson, format!("invalid JSON: {e}")))
 }
 
-/// The value at a dotted path (`a.b.c`), `None` when absent or null.
-pub fn get<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
-    let mut cur = v;
-    for key in path.split('.') {
-        cur = match cur {
-            Value::Object(m) => m.get(key)?,
-            Value::Array(a) => a.get(key.parse::<usize>().ok()?)?,
-            _ => return None,
-        };
-    }
-    (!cur.is_null()).then_some(cur)
-}
-
-/// A number at `path`: JSON numbers, and strings holding a number (GTFS-rt JSON, ThingPark
-/// send numbers as strings). Absent or null is `Ok(None)`; anything else names the field.
-pub fn number(v: &Value, path: &str) -> Result<Option<f64>, Reject> {
-    match get(v, path) {
-        None => Ok(None),
-        Some(Value::Number(n)) => Ok(n.as_f64()),
-        Some(Value::String(s)) => s.trim().parse::<f64>().map(Some).map_err(|_| {
-            Reject::new(
-                RejectCode::MalformedPayload,
-                format!("field {path}: {s:?} is not a number"),
-            )
-        }),
-        Some(other) => Err(Reject::new(
-            RejectCode::MalformedPayload,
-            format!("field {path}: expected a number, got {}", kind(other)),
-        )),
-    }
-}
-
-/// A string at `path`; numbers are accepted and printed (ids are sometimes sent as numbers).
-pub fn string(v: &Value, path: &str) -> Result<Option<String>, Reject> {
-    match get(v, path) {
-        None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(Value::Number(n)) => Ok(Some(n.to_string())),
-        Some(other) => Err(Reject::new(
-            RejectCode::MalformedPayload,
-            format!("field {path}: expected a string, got {}", kind(other)),
-        )),
-    }
-}
-
-/// A boolean at `path`: true/false, 1/0, and the yes/no words gateways use (OUI/NON).
-pub fn boolean(v: &Value, path: &str) -> Result<Option<bool>, Reject> {
-    let bad = |what: String| {
-        Reject::new(
-            RejectCode::MalformedPayload,
-            format!("field {path}: {what} is not a boolean"),
-        )
-    };
-    match get(v, path) {
-        None => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(Value::Number(n)) => match n.as_f64() {
-            Some(1.0) => Ok(Some(true)),
-            Some(0.0) => Ok(Some(false)),
-            _ => Err(bad(n.to_string())),
-        },
-        Some(Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
-            "true" | "1" | "oui" | "yes" | "on" => Ok(Some(true)),
-            "false" | "0" | "non" | "no" | "off" => Ok(Some(false)),
-            _ => Err(bad(format!("{s:?}"))),
-        },
-        Some(other) => Err(bad(kind(other).to_string())),
-    }
-}
-
+/// "a number", "a string", ...: what a value is, for error messages.
 pub fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -105,14 +36,8 @@ mod tests {
     }
 
     #[test]
-    fn paths_numbers_and_booleans_read_what_gateways_send() {
-        let v = parse(br#"{"a":{"b":[{"c":"12.5"}]},"ok":"OUI","n":null}"#).unwrap();
-        assert_eq!(number(&v, "a.b.0.c").unwrap(), Some(12.5));
-        assert_eq!(boolean(&v, "ok").unwrap(), Some(true));
-        assert_eq!(number(&v, "n").unwrap(), None);
-        assert_eq!(
-            number(&v, "ok").unwrap_err().code,
-            RejectCode::MalformedPayload
-        );
+    fn kinds_read_as_english() {
+        assert_eq!(kind(&parse(b"[1]").unwrap()), "an array");
+        assert_eq!(kind(&parse(b"null").unwrap()), "null");
     }
 }

@@ -3,7 +3,7 @@
 //! and line-protocol files under `--out` as the store (plus a real store when a URL is given).
 
 mod broker;
-pub mod simulator;
+pub(crate) mod simulator;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,9 +12,10 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use tokio_util::sync::CancellationToken;
 
+use crate::normalise::Normaliser;
 use crate::settings::{Settings, DEFAULT_CONFIG};
 use crate::sink::{file::FileSink, influx::InfluxSink, Sink};
-use crate::stats::{Snapshot, Stats};
+use crate::telemetry::{Snapshot, Telemetry};
 
 /// How often the live summary prints.
 const SUMMARY_EVERY: Duration = Duration::from_secs(5);
@@ -34,10 +35,10 @@ pub async fn run(
     settings.state_dir = out.join("state");
     settings.batch.max_age = Duration::from_millis(500);
 
-    let mut sinks = vec![Sink::File(FileSink::new(out.join("points")))];
+    let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(FileSink::new(out.join("points")))];
     if let Some(url) = influx_url {
         settings.influx.url = url.trim_end_matches('/').to_string();
-        sinks.push(Sink::Influx(InfluxSink::new(&settings.influx)?));
+        sinks.push(Box::new(InfluxSink::new(&settings.influx)?));
     }
     println!(
         "urbanflux demo: broker on 127.0.0.1:{port}, points under {}, dead letters under {}",
@@ -45,12 +46,11 @@ pub async fn run(
         settings.state_dir.display()
     );
 
-    let stats = Arc::new(Stats::default());
+    let stats = Arc::new(Telemetry::default());
     let shutdown = CancellationToken::new();
     let (events, mut ready) = tokio::sync::mpsc::unbounded_channel();
-    let (_rules, rules_rx) =
-        tokio::sync::watch::channel(Arc::new(crate::normalise::Normaliser::new(&settings)));
-    let pipeline = tokio::spawn(crate::pipeline::run(
+    let (_rules, rules_rx) = tokio::sync::watch::channel(Arc::new(Normaliser::new(&settings)));
+    let pipeline = tokio::spawn(crate::app::pipeline(
         settings,
         rules_rx,
         sinks,
@@ -60,7 +60,7 @@ pub async fn run(
     ));
 
     let stop = CancellationToken::new();
-    tokio::spawn(crate::pipeline::shutdown_on_signal(stop.clone()));
+    tokio::spawn(crate::app::shutdown_on_signal(stop.clone()));
     if let Some(d) = duration {
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -88,7 +88,7 @@ pub async fn run(
 }
 
 /// Publishes a tick of simulated gateway messages per second until `stop`; returns the count.
-async fn simulate(port: u16, stats: &Stats, stop: CancellationToken) -> anyhow::Result<u64> {
+async fn simulate(port: u16, stats: &Telemetry, stop: CancellationToken) -> anyhow::Result<u64> {
     let mut opts = MqttOptions::new("urbanflux-demo-gateways", "127.0.0.1", port);
     opts.set_keep_alive(Duration::from_secs(30));
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);

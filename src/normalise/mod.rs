@@ -15,7 +15,7 @@ use crate::registry::Registry;
 use crate::rules::{Input, Rule};
 use crate::settings::Settings;
 
-pub use crate::rules::topic_matches;
+pub(crate) mod stage;
 
 /// The compiled rules, the registry and the limits; cheap to clone (everything is shared).
 #[derive(Debug, Clone)]
@@ -34,27 +34,9 @@ impl Normaliser {
         }
     }
 
-    /// The same rules with another registry (after the registry file was reloaded).
-    pub fn with_registry(&self, registry: Arc<Registry>) -> Self {
-        Normaliser {
-            registry,
-            ..self.clone()
-        }
-    }
-
     /// The first rule whose topic filters match `topic`.
-    pub fn rule(&self, topic: &str) -> Option<&Rule> {
+    pub(crate) fn rule(&self, topic: &str) -> Option<&Rule> {
         self.rules.iter().find(|r| r.matches(topic))
-    }
-
-    /// The city a topic belongs to when its rule fixes it (for counting rejects).
-    pub fn city_of(&self, topic: &str) -> Option<&str> {
-        self.rule(topic).and_then(|r| r.city.as_deref())
-    }
-
-    /// The `source` tag of the rule for `topic` (for counting rejects per source).
-    pub fn source_of(&self, topic: &str) -> Option<&str> {
-        self.rule(topic).map(|r| r.source.as_str())
     }
 
     /// Decodes and normalises one message.
@@ -103,29 +85,5 @@ impl Normaliser {
                 registry: &self.registry,
             },
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn topic_filters_match_like_a_broker() {
-        assert!(topic_matches("paris/#", "paris/mobilite/boucle/7313"));
-        assert!(topic_matches(
-            "paris/+/boucle/+",
-            "paris/mobilite/boucle/7313"
-        ));
-        assert!(!topic_matches(
-            "paris/+/boucle/+",
-            "paris/mobilite/boucle/7313/x"
-        ));
-        assert!(topic_matches(
-            "paris/mobilite/velib/+",
-            "paris/mobilite/velib/"
-        ));
-        assert!(topic_matches("sf/#", "sf"));
-        assert!(!topic_matches("sf/+", "paris/x"));
     }
 }

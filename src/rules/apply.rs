@@ -321,11 +321,9 @@ impl Rule {
     }
 }
 
+/// The zone of the reading's city; the city tag was checked against the schema before.
 fn city_zone(city: &str) -> Tz {
-    match city {
-        "sf" => chrono_tz::America::Los_Angeles,
-        _ => chrono_tz::Europe::Paris,
-    }
+    crate::schema::City::parse(city).map_or(chrono_tz::UTC, crate::schema::City::zone)
 }
 
 fn boolean(found: Found) -> Option<bool> {

@@ -3,26 +3,22 @@
 use chrono_tz::Tz;
 
 use crate::decode::{csv::Columns, Decoder};
+use crate::error::ConfigError;
 use crate::model::RejectCode;
 use crate::registry::Registry;
 use crate::schema::{self, FieldType, MeasurementSpec};
-use crate::settings::ConfigError;
 use crate::units;
 
 use super::expr::Expr;
 use super::path::{self, Path, PathAlt};
 use super::template::Template;
 use super::{
-    topic_matches, EnumMap, FieldRule, Lookup, MapValue, Rule, Source, TagRule, TimeFormat,
-    TimeRule, UnitSpec, Zone, TAGS,
+    EnumMap, FieldRule, Lookup, MapValue, Rule, Source, TagRule, TimeFormat, TimeRule, UnitSpec,
+    Zone, TAGS,
 };
 
 fn cfg(key: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
-    ConfigError {
-        key: key.into(),
-        problem: problem.into(),
-        fix: fix.into(),
-    }
+    ConfigError::new(key, problem, fix)
 }
 
 /// A TOML table and the key it sits under, for errors that name the key.
@@ -231,7 +227,7 @@ impl Rule {
             .map(str::to_string)
             .collect();
         for t in &topics {
-            crate::settings::check_filter(&r.sub("topic"), t)?;
+            crate::topic::check_filter(&r.sub("topic"), t)?;
         }
 
         let decoder = compile_decoder(&r)?;
@@ -334,7 +330,7 @@ impl Rule {
     }
 
     pub fn matches(&self, topic: &str) -> bool {
-        self.topics.iter().any(|f| topic_matches(f, topic))
+        self.topics.iter().any(|f| crate::topic::matches(f, topic))
     }
 }
 

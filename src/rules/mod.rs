@@ -34,7 +34,9 @@ pub use apply::Input;
 use chrono_tz::Tz;
 
 use crate::decode::Decoder;
+use crate::error::ConfigError;
 use crate::model::RejectCode;
+use crate::registry::Registry;
 use crate::schema::FieldType;
 
 use expr::Expr;
@@ -173,19 +175,33 @@ struct TimeRule {
     received: bool,
 }
 
-/// MQTT topic filter matching: `+` one level, `#` the rest (including none).
-pub fn topic_matches(filter: &str, topic: &str) -> bool {
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
+/// Compiles the `[[route]]` tables of the configuration text, in order. They are read with the
+/// `toml` crate rather than through `config`, which would fold the case of enumeration keys
+/// (`Fluide`, `OUI`) and cannot hold non-ASCII keys (`Pré-saturé`).
+pub fn compile_routes(text: &str, registry: &Registry) -> Result<Vec<Rule>, ConfigError> {
+    let doc: toml::Table = toml::from_str(text).map_err(|e| {
+        ConfigError::new(
+            "(file)",
+            e.message().to_string(),
+            "correct the TOML syntax at the line and column given",
+        )
+    })?;
+    let routes = match doc.get("route") {
+        None => return Ok(Vec::new()),
+        Some(toml::Value::Array(a)) => a,
+        Some(_) => {
+            return Err(ConfigError::new(
+                "route",
+                "is not a list of tables",
+                "write each rule as a [[route]] section",
+            ))
         }
-    }
+    };
+    routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Rule::compile(i, r, registry))
+        .collect()
 }
 
 #[cfg(test)]

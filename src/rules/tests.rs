@@ -4,10 +4,10 @@
 use chrono::{DateTime, Utc};
 
 use super::*;
+use crate::error::ConfigError;
 use crate::model::{FieldValue, Message, Outcome, Reading};
 use crate::normalise::Normaliser;
 use crate::registry::Registry;
-use crate::settings::ConfigError;
 use crate::settings::{Settings, DEFAULT_CONFIG};
 
 fn shipped() -> Normaliser {

@@ -6,13 +6,13 @@ use std::path::PathBuf;
 use chrono::Utc;
 use tokio::io::AsyncWriteExt;
 
-use super::SinkError;
+use super::{Sink, SinkError, WriteFuture};
 
 /// Rotate after this many bytes: files stay small enough to open in an editor.
-pub const ROTATE_BYTES: u64 = 16 * 1024 * 1024;
+const ROTATE_BYTES: u64 = 16 * 1024 * 1024;
 
 #[derive(Debug)]
-pub struct FileSink {
+pub(crate) struct FileSink {
     dir: PathBuf,
     file: Option<tokio::fs::File>,
     written: u64,
@@ -20,7 +20,7 @@ pub struct FileSink {
 }
 
 impl FileSink {
-    pub fn new(dir: PathBuf) -> FileSink {
+    pub(crate) fn new(dir: PathBuf) -> FileSink {
         FileSink {
             dir,
             file: None,
@@ -49,7 +49,7 @@ impl FileSink {
         Ok(self.file.as_mut().expect("opened above"))
     }
 
-    pub async fn write(&mut self, body: &[u8]) -> Result<(), SinkError> {
+    async fn append(&mut self, body: &[u8]) -> Result<(), SinkError> {
         let result = async {
             let f = self.open().await?;
             f.write_all(body).await?;
@@ -70,5 +70,15 @@ impl FileSink {
                 })
             }
         }
+    }
+}
+
+impl Sink for FileSink {
+    fn name(&self) -> &'static str {
+        "file"
+    }
+
+    fn write<'a>(&'a mut self, body: &'a [u8]) -> WriteFuture<'a> {
+        Box::pin(self.append(body))
     }
 }

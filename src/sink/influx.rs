@@ -12,14 +12,14 @@ use std::time::Duration;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
-use super::{classify, SinkError};
+use super::{classify, Sink, SinkError, WriteFuture};
 use crate::settings::{InfluxApi, InfluxSettings, Secret};
 
 /// Longest Retry-After we obey; a store asking for more is asked again sooner.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 #[derive(Debug)]
-pub struct InfluxSink {
+pub(crate) struct InfluxSink {
     client: reqwest::Client,
     url: String,
     token: Secret,
@@ -29,7 +29,7 @@ pub struct InfluxSink {
 }
 
 impl InfluxSink {
-    pub fn new(s: &InfluxSettings) -> Result<InfluxSink, SinkError> {
+    pub(crate) fn new(s: &InfluxSettings) -> Result<InfluxSink, SinkError> {
         let client = reqwest::Client::builder()
             .timeout(s.timeout)
             .connect_timeout(s.timeout.min(Duration::from_secs(5)))
@@ -70,7 +70,7 @@ impl InfluxSink {
         })
     }
 
-    pub async fn write(&mut self, body: &[u8]) -> Result<(), SinkError> {
+    async fn send(&mut self, body: &[u8]) -> Result<(), SinkError> {
         let mut req = self
             .client
             .post(&self.url)
@@ -105,6 +105,16 @@ impl InfluxSink {
             .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER));
         let text = resp.text().await.unwrap_or_default();
         Err(classify(status, &text, retry_after))
+    }
+}
+
+impl Sink for InfluxSink {
+    fn name(&self) -> &'static str {
+        "influx"
+    }
+
+    fn write<'a>(&'a mut self, body: &'a [u8]) -> WriteFuture<'a> {
+        Box::pin(self.send(body))
     }
 }
 

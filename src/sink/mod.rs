@@ -1,14 +1,17 @@
-//! Sinks: where batches of line protocol go. Only this module talks to stores.
+//! Sinks: where batches of line protocol go. Only this module talks to stores. A sink is a
+//! [`Sink`]: the batch stage writes through the trait, so tests script the answers.
 
-pub mod file;
-pub mod influx;
+pub(crate) mod file;
+pub(crate) mod influx;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 /// A failed write, classified by what the batch stage should do about it (Vector's retry
 /// logic, extended): retry the same body, split it, bisect it down to the refused lines, or
 /// keep it and wait for an operator.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SinkError {
     /// Network error, timeout, 408, 429, 5xx: the same body will do later, `after` if the
     /// store said when (Retry-After).
@@ -30,7 +33,7 @@ pub enum SinkError {
 }
 
 /// Classifies an HTTP answer that is not 2xx.
-pub fn classify(status: u16, body: &str, retry_after: Option<Duration>) -> SinkError {
+pub(crate) fn classify(status: u16, body: &str, retry_after: Option<Duration>) -> SinkError {
     let message = format!("store answered {status}: {}", body.trim());
     match status {
         401 | 403 | 404 => SinkError::Auth { message },
@@ -47,27 +50,15 @@ pub fn classify(status: u16, body: &str, retry_after: Option<Duration>) -> SinkE
     }
 }
 
-/// The stores one pipeline writes to. A batch is delivered when every sink took it.
-#[derive(Debug)]
-pub enum Sink {
-    Influx(influx::InfluxSink),
-    File(file::FileSink),
-}
+/// What a write returns: boxed, so that sinks of different types share one list.
+pub type WriteFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send + 'a>>;
 
-impl Sink {
-    pub async fn write(&mut self, body: &[u8]) -> Result<(), SinkError> {
-        match self {
-            Sink::Influx(s) => s.write(body).await,
-            Sink::File(s) => s.write(body).await,
-        }
-    }
-
-    pub fn name(&self) -> &'static str {
-        match self {
-            Sink::Influx(_) => "influx",
-            Sink::File(_) => "file",
-        }
-    }
+/// A store that takes line protocol, newline-terminated, one reading per line.
+pub trait Sink: Send {
+    /// For log lines.
+    fn name(&self) -> &'static str;
+    /// Writes the whole body, or says by its error what to do with it.
+    fn write<'a>(&'a mut self, body: &'a [u8]) -> WriteFuture<'a>;
 }
 
 #[cfg(test)]

@@ -9,23 +9,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use rand::Rng;
 use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, SubscribeReasonCode,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::info;
 
 use crate::ack::{Ack, AckToken, Acker};
-use crate::health::Stage;
-use crate::model::Message;
-use crate::normalise::topic_matches;
+use crate::model::{Delivery, Message};
+use crate::retry::Backoff;
 use crate::settings::MqttSettings;
-use crate::stats::Stats;
+use crate::telemetry::health::{Stage, BEAT_EVERY};
+use crate::telemetry::Telemetry;
 
 /// How often "connected but silent" is checked.
-const SILENCE_CHECK: Duration = crate::health::BEAT_EVERY;
+const SILENCE_CHECK: Duration = BEAT_EVERY;
 
 /// Last message time per subscription that has an expected interval.
 struct Silence {
@@ -43,27 +42,25 @@ impl Silence {
         }
     }
 
-    fn seen(&mut self, topic: &str) {
+    fn seen(&mut self, topic: &str, telemetry: &Telemetry) {
         for (filter, _, last, silent) in &mut self.filters {
-            if topic_matches(filter, topic) {
+            if crate::topic::matches(filter, topic) {
                 *last = tokio::time::Instant::now();
                 if *silent {
                     *silent = false;
-                    info!(subscription = %filter, "subscription is receiving messages again");
+                    telemetry.subscription_active_again(filter);
                 }
             }
         }
     }
 
-    fn check(&mut self, stats: &Stats) {
+    fn check(&mut self, telemetry: &Telemetry) {
         for (filter, expected, last, silent) in &mut self.filters {
             let quiet = last.elapsed();
-            stats.since_last_message(filter, quiet);
+            telemetry.subscription_quiet_for(filter, quiet);
             if !*silent && quiet > *expected {
                 *silent = true;
-                stats.subscription_silent();
-                warn!(subscription = %filter, silent_for = ?quiet, expected = ?expected,
-                    "connected but silent: no message on this subscription for longer than expected");
+                telemetry.subscription_silent(filter, quiet, *expected);
             }
         }
     }
@@ -75,14 +72,7 @@ const MAX_INCOMING_PACKET: usize = 16 * 1024 * 1024;
 /// How long a clean disconnect may take at shutdown.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
 
-/// One message and the handle that acknowledges it.
-#[derive(Debug)]
-pub struct Delivery {
-    pub message: Message,
-    pub ack: Ack,
-}
-
-struct ClientAcker(AsyncClient);
+struct ClientAcker(AsyncClient, Arc<Telemetry>);
 
 impl Acker for ClientAcker {
     fn ack(&self, token: AckToken) {
@@ -94,7 +84,7 @@ impl Acker for ClientAcker {
         // The request channel holds more than the inflight window, so this does not fill up;
         // if it ever did, the message is redelivered later: a duplicate, never a loss.
         if let Err(e) = self.0.try_ack(&p) {
-            warn!(error = %e, pkid = token.pkid, "could not queue PUBACK; the broker will redeliver");
+            self.1.puback_not_queued(token.pkid, &e);
         }
     }
 }
@@ -113,7 +103,7 @@ fn options(s: &MqttSettings) -> MqttOptions {
 
 /// Events the pipeline cares about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SourceEvent {
+pub(crate) enum SourceEvent {
     /// Connected and every subscription acknowledged.
     Ready,
 }
@@ -124,28 +114,26 @@ type Polled = Result<Event, (String, Duration)>;
 /// Polls the event loop in a task of its own and never cancels `poll()`: a poll dropped halfway
 /// through a connect drops the connection. Backs off (with jitter) after every error. Ends after
 /// the DISCONNECT is sent or when the source loop is gone.
-fn spawn_poller(mut eventloop: EventLoop, min: Duration, max: Duration) -> mpsc::Receiver<Polled> {
+fn spawn_poller(mut eventloop: EventLoop, mut backoff: Backoff) -> mpsc::Receiver<Polled> {
     let (tx, rx) = mpsc::channel(256);
     tokio::spawn(async move {
-        let mut backoff = min;
         loop {
             match eventloop.poll().await {
                 Ok(event) => {
                     let done = matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect));
                     if matches!(event, Event::Incoming(Packet::ConnAck(_))) {
-                        backoff = min;
+                        backoff.reset();
                     }
                     if tx.send(Ok(event)).await.is_err() || done {
                         return;
                     }
                 }
                 Err(e) => {
-                    let wait = backoff.mul_f64(1.0 + rand::rng().random_range(0.0..0.5));
+                    let wait = backoff.next_wait();
                     if tx.send(Err((e.to_string(), wait))).await.is_err() {
                         return;
                     }
                     tokio::time::sleep(wait).await;
-                    backoff = (backoff * 2).min(max);
                 }
             }
         }
@@ -156,18 +144,19 @@ fn spawn_poller(mut eventloop: EventLoop, min: Duration, max: Duration) -> mpsc:
 /// Runs the source until `finish` is cancelled. Stops forwarding when `stop_intake` is cancelled
 /// (messages received after that are left unacknowledged for redelivery) but keeps polling so
 /// that the last acknowledgements leave.
-pub async fn run(
+pub(crate) async fn run(
     settings: MqttSettings,
     deliveries: mpsc::UnboundedSender<Delivery>,
     events: mpsc::UnboundedSender<SourceEvent>,
-    stats: Arc<Stats>,
+    telemetry: Arc<Telemetry>,
     stop_intake: CancellationToken,
     finish: CancellationToken,
 ) {
     let capacity = usize::from(settings.max_inflight.get()) * 2 + 64;
     let (client, eventloop) = AsyncClient::new(options(&settings), capacity);
-    let mut polled = spawn_poller(eventloop, settings.reconnect_min, settings.reconnect_max);
-    let acker: Arc<dyn Acker> = Arc::new(ClientAcker(client.clone()));
+    let backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
+    let mut polled = spawn_poller(eventloop, backoff);
+    let acker: Arc<dyn Acker> = Arc::new(ClientAcker(client.clone(), telemetry.clone()));
     let mut deliveries = Some(deliveries);
     let mut pending_subacks = 0usize;
     let mut announced_ready = false;
@@ -175,7 +164,7 @@ pub async fn run(
     let mut silence_check = tokio::time::interval(SILENCE_CHECK);
 
     loop {
-        stats.beats.beat(Stage::Source);
+        telemetry.beats.beat(Stage::Source);
         let event = tokio::select! {
             // The whole pipeline has drained: say goodbye.
             _ = finish.cancelled() => break,
@@ -186,7 +175,7 @@ pub async fn run(
             }
             // Time to look for subscriptions that went quiet.
             _ = silence_check.tick() => {
-                silence.check(&stats);
+                silence.check(&telemetry);
                 continue;
             }
             // The next packet, or a connection error.
@@ -197,8 +186,7 @@ pub async fn run(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                info!(session_present = ack.session_present, host = %settings.host, port = settings.port, "connected to broker");
-                stats.mqtt_connected(true);
+                telemetry.mqtt_connected(ack.session_present, &settings.host, settings.port);
                 // Subscribe on every ConnAck: a broker that lost our session forgets them.
                 let filters: Vec<_> = settings
                     .topics
@@ -207,7 +195,7 @@ pub async fn run(
                     .collect();
                 pending_subacks = 1;
                 if let Err(e) = client.try_subscribe_many(filters) {
-                    error!(error = %e, "could not queue SUBSCRIBE");
+                    telemetry.subscribe_not_queued(&e);
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(suback))) => {
@@ -215,21 +203,21 @@ pub async fn run(
                 for (code, topic) in suback.return_codes.iter().zip(&settings.topics) {
                     if matches!(code, SubscribeReasonCode::Failure) {
                         refused = true;
-                        error!(topic = %topic, "broker refused the subscription (check its ACLs)");
+                        telemetry.subscription_refused(topic);
                     }
                 }
                 pending_subacks = pending_subacks.saturating_sub(1);
-                stats.health.set_subscribed(!refused);
+                telemetry.health.set_subscribed(!refused);
                 if pending_subacks == 0 && !refused && !announced_ready {
                     announced_ready = true;
-                    info!(topics = ?settings.topics, "urbanflux ready");
+                    telemetry.mqtt_ready(&settings.topics);
                     let _ = events.send(SourceEvent::Ready);
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                silence.seen(&p.topic);
+                silence.seen(&p.topic, &telemetry);
                 let Some(tx) = &deliveries else {
-                    debug!(topic = %p.topic, "shutting down: left for redelivery");
+                    telemetry.left_for_redelivery(&p.topic);
                     continue;
                 };
                 let token = AckToken {
@@ -250,12 +238,7 @@ pub async fn run(
                 }
             }
             Ok(_) => {}
-            Err((e, retry_in)) => {
-                stats.health.set_subscribed(false);
-                stats.mqtt_connected(false);
-                stats.mqtt_reconnect();
-                warn!(error = %e, retry_in = ?retry_in, "mqtt connection lost, reconnecting");
-            }
+            Err((e, retry_in)) => telemetry.mqtt_connection_lost(&e, retry_in),
         }
     }
 

@@ -1,7 +1,7 @@
 //! Logging through tracing: journald with proper priorities when systemd connected our stderr
 //! to the journal (JOURNAL_STREAM names stderr), plain text otherwise, or JSON lines on request.
 //! The level filter can be changed at run time (SIGHUP). Secrets never reach a log: settings
-//! hold them in `Secret`, which prints as `***`.
+//! hold them in `Secret`, which prints as `***`. Colour only on a terminal.
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -36,6 +36,13 @@ fn stderr_is_journal() -> bool {
     }
 }
 
+/// Colour only for a person at a terminal: never in a file, a pipe or the journal, and never
+/// when `NO_COLOR` is set (no-color.org).
+fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// Installs the global subscriber. `URBANFLUX_LOG` (an EnvFilter directive) wins over `level`.
 pub fn init(level: &str, json: bool) -> LevelHandle {
     let filter = EnvFilter::try_from_env("URBANFLUX_LOG").unwrap_or_else(|_| EnvFilter::new(level));
@@ -46,6 +53,7 @@ pub fn init(level: &str, json: bool) -> LevelHandle {
             .with(
                 tracing_subscriber::fmt::layer()
                     .json()
+                    .with_ansi(false)
                     .with_writer(std::io::stderr),
             )
             .try_init()
@@ -54,14 +62,19 @@ pub fn init(level: &str, json: bool) -> LevelHandle {
             Ok(journald) => registry
                 .with(journald.with_syslog_identifier("urbanflux".into()))
                 .try_init(),
-            Err(_) => registry
-                .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-                .try_init(),
+            Err(_) => registry.with(text_layer()).try_init(),
         }
     } else {
-        registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-            .try_init()
+        registry.with(text_layer()).try_init()
     };
     LevelHandle(installed.is_ok().then_some(handle))
+}
+
+fn text_layer<S>() -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    tracing_subscriber::fmt::layer()
+        .with_ansi(colour())
+        .with_writer(std::io::stderr)
 }

@@ -12,17 +12,18 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::stats::Stats;
+use super::metrics::{Handle, READY};
+use super::Telemetry;
 
 /// A request head larger than this is not one of ours.
 const MAX_REQUEST: usize = 8 * 1024;
 
-/// What /metrics renders.
-pub type Metrics = Option<metrics_exporter_prometheus::PrometheusHandle>;
+/// What /metrics renders; `None` when another recorder was installed first.
+pub(crate) type Metrics = Option<Handle>;
 
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
-    stats: Arc<Stats>,
+    telemetry: Arc<Telemetry>,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
@@ -38,18 +39,18 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, _)) => {
-                tokio::spawn(answer(stream, stats.clone(), metrics.clone()));
+                tokio::spawn(answer(stream, telemetry.clone(), metrics.clone()));
             }
             Err(e) => warn!(error = %e, "ops endpoint: accept failed"),
         }
     }
 }
 
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-async fn answer(mut stream: tokio::net::TcpStream, stats: Arc<Stats>, metrics: Metrics) {
+async fn answer(mut stream: tokio::net::TcpStream, telemetry: Arc<Telemetry>, metrics: Metrics) {
     let mut buf = vec![0u8; MAX_REQUEST];
     let mut len = 0;
     while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") && len < MAX_REQUEST {
@@ -70,10 +71,10 @@ async fn answer(mut stream: tokio::net::TcpStream, stats: Arc<Stats>, metrics: M
         "/metrics" => match &metrics {
             Some(handle) => {
                 content_type = "text/plain; version=0.0.4; charset=utf-8";
-                let ready = stats.health.not_ready_reasons().is_empty();
+                let ready = telemetry.health.not_ready_reasons().is_empty();
                 let mut text = handle.render();
                 text.push_str(&format!(
-                    "# TYPE urbanflux_ready gauge\nurbanflux_ready {}\n",
+                    "# HELP {READY} 1 when connected, subscribed, spool not full and store accepting writes\n# TYPE {READY} gauge\n{READY} {}\n",
                     u8::from(ready)
                 ));
                 ("200 OK", text)
@@ -82,7 +83,7 @@ async fn answer(mut stream: tokio::net::TcpStream, stats: Arc<Stats>, metrics: M
         },
         "/healthz" => ("200 OK", "ok\n".to_string()),
         "/readyz" => {
-            let reasons = stats.health.not_ready_reasons();
+            let reasons = telemetry.health.not_ready_reasons();
             if reasons.is_empty() {
                 ("200 OK", "ready\n".to_string())
             } else {

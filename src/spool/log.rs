@@ -1,4 +1,4 @@
-//! The durable spool: an append-only log of segments under `<state.dir>/spool/`.
+//! The spool's log: an append-only log of segments under `<state.dir>/spool/`.
 //!
 //! Record layout: `len: u32 LE | crc32: u32 LE | body`, body = `topic_len: u16 LE | topic |
 //! readings: u32 LE | line protocol`. The writer appends and fsyncs in groups; the reader only
@@ -18,21 +18,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
-use tracing::{error, info, warn};
+use tracing::{error, warn};
 
 const HEADER: usize = 8;
 /// A record body above this is corrupt, not large: no message makes a 64 MiB record.
 const MAX_RECORD: u32 = 64 * 1024 * 1024;
 const CURSOR_FILE: &str = "cursor";
 
-/// One message's readings as the spool keeps them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    pub topic: String,
-    pub readings: u32,
-    /// Line protocol, one line per reading, newline-terminated.
-    pub lines: String,
-}
+pub use crate::model::Record;
 
 /// A place in the log: segment id and byte offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -106,6 +99,22 @@ struct Shared {
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn pending_bytes(&self) -> u64 {
+        let s = self.lock();
+        s.total_bytes().saturating_sub(s.committed.offset)
+    }
+
+    /// Readings recovered at start count from the time of opening.
+    fn oldest_pending_age(&self) -> std::time::Duration {
+        let s = self.lock();
+        if !s.has_data_after(s.committed) {
+            return std::time::Duration::ZERO;
+        }
+        s.sync_times
+            .front()
+            .map_or(std::time::Duration::ZERO, |(_, t)| t.elapsed())
     }
 }
 
@@ -264,13 +273,6 @@ pub fn open(cfg: SpoolConfig) -> io::Result<(SpoolWriter, SpoolReader, OpenRepor
         state.sync_times.push_back((end, std::time::Instant::now()));
     }
     report.pending_bytes = state.total_bytes().saturating_sub(state.committed.offset);
-    if report.truncated_bytes > 0 {
-        error!(
-            bytes = report.truncated_bytes,
-            "spool: truncated a torn tail on open"
-        );
-    }
-    info!(dir = %cfg.dir.display(), segments = report.segments, pending_bytes = report.pending_bytes, "spool open");
     let shared = Arc::new(Shared {
         state: Mutex::new(state),
         ..Default::default()
@@ -304,6 +306,16 @@ pub struct SpoolWriter {
 }
 
 impl SpoolWriter {
+    /// See [`SpoolReader::pending_bytes`].
+    pub fn pending_bytes(&self) -> u64 {
+        self.shared.pending_bytes()
+    }
+
+    /// See [`SpoolReader::oldest_pending_age`].
+    pub fn oldest_pending_age(&self) -> std::time::Duration {
+        self.shared.oldest_pending_age()
+    }
+
     /// Bytes on disk, delivered segments excluded.
     pub fn total_bytes(&self) -> u64 {
         self.shared.lock().total_bytes()
@@ -506,12 +518,6 @@ impl SpoolReader {
         Ok((out, pos))
     }
 
-    /// Forgets what was read since the last commit: the next read starts there again.
-    pub fn rewind(&mut self) {
-        self.position = None;
-        self.file = None;
-    }
-
     /// Everything before `upto` is in the store: persist the cursor, delete finished segments.
     pub fn commit(&mut self, upto: Position) -> io::Result<()> {
         let doomed: Vec<u64> = {
@@ -542,25 +548,12 @@ impl SpoolReader {
 
     /// Bytes not yet committed, approximately (for logs and tests).
     pub fn pending_bytes(&self) -> u64 {
-        let s = self.shared.lock();
-        s.total_bytes().saturating_sub(s.committed.offset)
+        self.shared.pending_bytes()
     }
 
-    /// How long the oldest reading not yet in the store has waited (zero when none). Readings
-    /// recovered at start count from the time of opening.
+    /// How long the oldest reading not yet in the store has waited (zero when none).
     pub fn oldest_pending_age(&self) -> std::time::Duration {
-        let s = self.shared.lock();
-        if !s.has_data_after(s.committed) {
-            return std::time::Duration::ZERO;
-        }
-        s.sync_times
-            .front()
-            .map_or(std::time::Duration::ZERO, |(_, t)| t.elapsed())
-    }
-
-    /// Has anything been read since the last commit or rewind?
-    pub fn has_uncommitted_reads(&self) -> bool {
-        self.position.is_some()
+        self.shared.oldest_pending_age()
     }
 }
 

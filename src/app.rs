@@ -1,0 +1,305 @@
+//! The wiring, once: the stages and their channels, the ops endpoint, signals, reload and the
+//! watchdog. `run` (the daemon), `demo` and `replay` all build on it.
+//!
+//! ```text
+//! source::mqtt -> normalise::stage -> spool::stage (fsync) -> batch -> sink
+//!      ^                                   |
+//!      +-------- ack once synced ----------+
+//! ```
+//!
+//! Shutdown runs in the same order: the source stops forwarding, normalise drains, the spool
+//! syncs and releases the last acks, the batch stage drains the spool into the store until
+//! `shutdown.drain_timeout`, and the MQTT event loop stops last, so the acks leave.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::batch::{self, BatchLimits};
+use crate::deadletter::DeadLetters;
+use crate::model::{Message, Reject};
+use crate::normalise::{self, Normaliser};
+use crate::settings::{restart_only_changes, Settings};
+use crate::sink::{influx::InfluxSink, Sink};
+use crate::source::mqtt::{self, SourceEvent};
+use crate::spool::{self, SpoolConfig};
+use crate::telemetry::{logging, metrics, ops, Telemetry};
+use crate::{replay, systemd};
+
+/// The daemon: every stage, the ops endpoint, SIGHUP reload, the systemd watchdog, until
+/// SIGINT or SIGTERM has drained it. `config` is re-read on SIGHUP.
+pub async fn run(
+    config: PathBuf,
+    settings: Settings,
+    log: logging::LevelHandle,
+) -> anyhow::Result<ExitCode> {
+    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(InfluxSink::new(&settings.influx)?)];
+    let shutdown = CancellationToken::new();
+    let telemetry = Arc::new(Telemetry::default());
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown_on_signal(shutdown).await;
+            systemd::notify("STOPPING=1");
+        }
+    });
+    if let Some(addr) = settings.ops_listen {
+        let listener = ops::bind(addr).await.map_err(|e| {
+            anyhow::anyhow!("cannot listen on ops.listen {addr}: {e}; fix: choose a free port or set ops.listen = \"\"")
+        })?;
+        let filters: Vec<String> = settings
+            .mqtt
+            .expected_interval
+            .iter()
+            .map(|(f, _)| f.clone())
+            .collect();
+        let handle = metrics::install(&filters);
+        tokio::spawn(ops::serve(
+            listener,
+            telemetry.clone(),
+            handle,
+            shutdown.clone(),
+        ));
+    }
+    let (rules_tx, rules_rx) = watch::channel(Arc::new(Normaliser::new(&settings)));
+    tokio::spawn(reload_on_sighup(config, settings.clone(), rules_tx, log));
+    let (events, mut ready) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        // READY=1 once connected and subscribed (the spool is opened before the source starts).
+        if ready.recv().await.is_some() {
+            systemd::notify("READY=1\nSTATUS=connected, subscribed, spool open");
+        }
+    });
+    if let Some(interval) = systemd::watchdog_interval() {
+        tokio::spawn(feed_watchdog(interval, telemetry.clone(), shutdown.clone()));
+    }
+    pipeline(settings, rules_rx, sinks, telemetry, events, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the stages until `shutdown` is cancelled, then drains. Returns an error on a fault that
+/// must restart the process (the spool or the dead-letter file cannot be written). `rules`
+/// carries the normaliser; sending a new one (SIGHUP) swaps it between two messages without
+/// touching the MQTT session.
+pub(crate) async fn pipeline(
+    settings: Settings,
+    rules: watch::Receiver<Arc<Normaliser>>,
+    sinks: Vec<Box<dyn Sink>>,
+    telemetry: Arc<Telemetry>,
+    events: mpsc::UnboundedSender<SourceEvent>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let dead = Arc::new(Mutex::new(open_dead_letters(&settings.state_dir)?));
+    let spool_dir = settings.state_dir.join("spool");
+    let (spool_writer, spool_reader, report) = spool::open(SpoolConfig {
+        dir: spool_dir.clone(),
+        max_bytes: settings.spool.max_bytes,
+        segment_bytes: settings.spool.segment_bytes,
+    })
+    .map_err(|e| state_error("spool", &settings.state_dir, e))?;
+    telemetry.spool_opened(&spool_dir, &report);
+    let (delivery_tx, delivery_rx) = mpsc::unbounded_channel();
+    let max_inflight = usize::from(settings.mqtt.max_inflight.get());
+    let (normalised_tx, normalised_rx) = mpsc::channel(max_inflight);
+    let finish = CancellationToken::new();
+    let abandon = CancellationToken::new();
+
+    let source = tokio::spawn(mqtt::run(
+        settings.mqtt.clone(),
+        delivery_tx,
+        events,
+        telemetry.clone(),
+        shutdown.clone(),
+        finish.clone(),
+    ));
+    let normalise = tokio::spawn(normalise::stage::run(
+        rules,
+        delivery_rx,
+        normalised_tx,
+        telemetry.clone(),
+    ));
+    let mut spooler = tokio::spawn(spool::stage::run(
+        normalised_rx,
+        spool_writer,
+        dead.clone(),
+        settings.spool.clone(),
+        max_inflight,
+        telemetry.clone(),
+        abandon.clone(),
+    ));
+    let limits = BatchLimits {
+        max_lines: settings.batch.max_lines.get(),
+        max_age: settings.batch.max_age,
+        retry_max: settings.batch.retry_max,
+    };
+    let mut batcher = tokio::spawn(batch::run(
+        spool_reader,
+        sinks,
+        limits,
+        dead,
+        telemetry,
+        abandon.clone(),
+    ));
+
+    // Run until asked to stop, or until a stage fails.
+    let early: Option<anyhow::Result<()>> = tokio::select! {
+        // Shutdown first: once it is asked for, the stages ending is the drain, not a fault.
+        biased;
+        _ = shutdown.cancelled() => None,
+        r = &mut spooler => Some(joined(r).and(Err(anyhow::anyhow!("the spool stage stopped")))),
+        r = &mut batcher => Some(joined(r).and(Err(anyhow::anyhow!("the batch stage stopped")))),
+    };
+    if let Some(Err(e)) = early {
+        error!(error = %format!("{e:#}"), "pipeline fault: stopping");
+        abandon.cancel();
+        finish.cancel();
+        let _ = source.await;
+        return Err(e);
+    }
+
+    info!(drain_timeout = ?settings.drain_timeout, "shutting down: draining the pipeline");
+    // The deadline covers the whole drain: a full spool (with the store down) blocks normalise
+    // and the spool stage too, and only `abandon` frees them.
+    let deadline = tokio::spawn(async move {
+        tokio::time::sleep(settings.drain_timeout).await;
+        warn!("drain deadline passed; undelivered readings stay in the spool");
+        abandon.cancel();
+    });
+    let _ = normalise.await;
+    let spooled = joined(spooler.await);
+    let batched = joined(batcher.await);
+    deadline.abort();
+    // The event loop goes last: acknowledgements only leave while it is polled.
+    finish.cancel();
+    let _ = source.await;
+    spooled.and(batched)
+}
+
+fn joined(r: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    r.map_err(|e| anyhow::anyhow!("task failed: {e}"))?
+}
+
+fn state_error(what: &str, dir: &Path, e: std::io::Error) -> anyhow::Error {
+    anyhow::anyhow!(
+        "cannot open the {what} under state.dir {}: {e}; fix: make the folder writable or set state.dir",
+        dir.display()
+    )
+}
+
+pub(crate) fn open_dead_letters(dir: &Path) -> anyhow::Result<DeadLetters> {
+    DeadLetters::open(dir).map_err(|e| state_error("dead-letter file", dir, e))
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM.
+pub(crate) async fn shutdown_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let ctrl_c = tokio::signal::ctrl_c();
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => info!("SIGINT received"),
+                _ = term.recv() => info!("SIGTERM received"),
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops urbanflux");
+            let _ = ctrl_c.await;
+        }
+    }
+    shutdown.cancel();
+}
+
+/// WATCHDOG=1 only while every stage shows progress: a stuck pipeline stops feeding systemd.
+async fn feed_watchdog(interval: Duration, telemetry: Arc<Telemetry>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(interval / 3);
+    loop {
+        tokio::select! {
+            // Stopping: systemd no longer expects pings.
+            _ = shutdown.cancelled() => return,
+            // Time for the next ping.
+            _ = tick.tick() => {}
+        }
+        match telemetry.beats.stalled(interval / 2) {
+            None => {
+                systemd::notify("WATCHDOG=1");
+            }
+            Some((stage, quiet)) => {
+                error!(stage = stage.name(), quiet = ?quiet, "a pipeline stage makes no progress; not feeding the systemd watchdog");
+            }
+        }
+    }
+}
+
+/// SIGHUP: reload rules, registry and log level from the same file. An invalid file is refused
+/// and the running configuration stays; the MQTT session is never touched. Keys that only a
+/// restart applies are named.
+async fn reload_on_sighup(
+    path: PathBuf,
+    mut running: Settings,
+    rules: watch::Sender<Arc<Normaliser>>,
+    log: logging::LevelHandle,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGHUP: reload needs a restart");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        systemd::notify("RELOADING=1");
+        match Settings::load(&path) {
+            Err(e) => {
+                error!(error = %e, config = %path.display(), "reload refused: the running configuration stays")
+            }
+            Ok(new) => {
+                for key in restart_only_changes(&running, &new) {
+                    warn!(key, "this setting changed but only applies after a restart (systemctl restart urbanflux)");
+                }
+                rules.send_replace(Arc::new(Normaliser::new(&new)));
+                if let Err(e) = log.set(&new.log_level) {
+                    warn!(error = %e, "cannot change the log level");
+                }
+                info!(config = %path.display(), routes = new.routes.len(), log_level = %new.log_level, "configuration reloaded");
+                running = new;
+            }
+        }
+        systemd::notify("READY=1");
+    }
+}
+
+/// `urbanflux replay`: dead letters again through the current rules into the store.
+pub async fn replay(settings: &Settings, files: &[PathBuf]) -> anyhow::Result<replay::Summary> {
+    let mut sink = InfluxSink::new(&settings.influx)?;
+    replay::run(settings, files, &mut sink, true).await
+}
+
+/// Normalises one payload exactly as the daemon does, for `urbanflux normalise`: the line
+/// protocol of the accepted readings, and the rejects.
+pub fn normalise_one(
+    settings: &Settings,
+    topic: &str,
+    payload: Vec<u8>,
+    received_at: DateTime<Utc>,
+) -> (Vec<String>, Vec<Reject>) {
+    let normaliser = Normaliser::new(settings);
+    let message = Message {
+        topic: topic.to_string(),
+        payload,
+        received_at,
+    };
+    let outcome = normaliser.normalise(&message, Utc::now());
+    let lines = outcome
+        .readings
+        .iter()
+        .map(crate::lineproto::to_line)
+        .collect();
+    (lines, outcome.rejects)
+}

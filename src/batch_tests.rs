@@ -1,0 +1,252 @@
+//! `deliver` against a scripted sink, under paused time: every wait is measured exactly.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::sink::WriteFuture;
+
+/// Every body a scripted sink was sent, with when it arrived.
+type Calls = Arc<Mutex<Vec<(Instant, String)>>>;
+
+/// Answers from a script (then from a rule), and remembers when each body arrived.
+struct Scripted {
+    answers: VecDeque<Result<(), SinkError>>,
+    rule: fn(&str) -> Result<(), SinkError>,
+    calls: Calls,
+}
+
+impl Scripted {
+    fn new(answers: Vec<Result<(), SinkError>>) -> (Scripted, Calls) {
+        Self::with_rule(answers, |_| Ok(()))
+    }
+
+    fn with_rule(
+        answers: Vec<Result<(), SinkError>>,
+        rule: fn(&str) -> Result<(), SinkError>,
+    ) -> (Scripted, Calls) {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let sink = Scripted {
+            answers: answers.into(),
+            rule,
+            calls: calls.clone(),
+        };
+        (sink, calls)
+    }
+}
+
+impl Sink for Scripted {
+    fn name(&self) -> &'static str {
+        "scripted"
+    }
+
+    fn write<'a>(&'a mut self, body: &'a [u8]) -> WriteFuture<'a> {
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        let answer = self
+            .answers
+            .pop_front()
+            .unwrap_or_else(|| (self.rule)(&body));
+        self.calls.lock().unwrap().push((Instant::now(), body));
+        Box::pin(async move { answer })
+    }
+}
+
+fn limits() -> BatchLimits {
+    BatchLimits {
+        max_lines: 5000,
+        max_age: Duration::from_secs(1),
+        retry_max: Duration::from_secs(5),
+    }
+}
+
+fn lines(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("m,sensor_id=s{i} v={i}i 1"))
+        .collect()
+}
+
+fn refs(lines: &[String]) -> Vec<(usize, &str)> {
+    lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (i, l.as_str()))
+        .collect()
+}
+
+fn retry(after: Option<Duration>) -> Result<(), SinkError> {
+    Err(SinkError::Retry {
+        message: "store answered 503".into(),
+        after,
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_is_waited_exactly_then_the_same_body_is_sent() {
+    let (mut sink, calls) = Scripted::new(vec![retry(Some(Duration::from_secs(7)))]);
+    let l = lines(3);
+    let t = Telemetry::default();
+    let refused = deliver(
+        &mut sink,
+        &refs(&l),
+        &limits(),
+        &t,
+        &CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(refused, Ok(vec![]));
+    let calls = calls.lock().unwrap();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[1].0 - calls[0].0, Duration::from_secs(7));
+    assert_eq!(calls[0].1, calls[1].1);
+    assert_eq!(t.snapshot().write_retries, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unreachable_store_is_retried_with_capped_exponential_backoff() {
+    let (mut sink, calls) = Scripted::new(vec![retry(None), retry(None), retry(None), retry(None)]);
+    let l = lines(2);
+    let limits = BatchLimits {
+        retry_max: Duration::from_millis(500),
+        ..limits()
+    };
+    let t = Telemetry::default();
+    deliver(&mut sink, &refs(&l), &limits, &t, &CancellationToken::new())
+        .await
+        .unwrap();
+    let calls = calls.lock().unwrap();
+    let gaps: Vec<Duration> = calls.windows(2).map(|w| w[1].0 - w[0].0).collect();
+    // 200 ms, 400 ms, then the 500 ms cap, each with up to 30 % jitter.
+    for (gap, base) in gaps.iter().zip([200u64, 400, 500, 500]) {
+        let base = Duration::from_millis(base);
+        assert!(*gap >= base && *gap <= base.mul_f64(1.3), "{gaps:?}");
+    }
+    assert!(
+        !t.health
+            .not_ready_reasons()
+            .contains(&"store unreachable or failing"),
+        "the last write succeeded"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_400_is_bisected_down_to_the_one_refused_line_and_the_rest_is_written_once_in_order() {
+    let (mut sink, calls) = Scripted::with_rule(vec![], |body| {
+        if body.contains("sensor_id=s5 ") {
+            Err(SinkError::Refused {
+                message: "store answered 400: field type conflict".into(),
+            })
+        } else {
+            Ok(())
+        }
+    });
+    let l = lines(8);
+    let t = Telemetry::default();
+    let refused = deliver(
+        &mut sink,
+        &refs(&l),
+        &limits(),
+        &t,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused.len(), 1);
+    assert_eq!((refused[0].record, refused[0].line), (5, 5));
+    assert!(refused[0].error.to_string().contains("field type conflict"));
+    let written: Vec<String> = calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, b)| !b.contains("sensor_id=s5 "))
+        .flat_map(|(_, b)| b.lines().map(str::to_string).collect::<Vec<_>>())
+        .collect();
+    let expected: Vec<String> = l.iter().filter(|x| !x.contains("s5 ")).cloned().collect();
+    assert_eq!(written, expected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_413_splits_the_batch_until_it_fits_and_nothing_is_refused() {
+    let (mut sink, calls) = Scripted::with_rule(vec![], |body| {
+        if body.lines().count() > 2 {
+            Err(SinkError::TooLarge {
+                message: "store answered 413".into(),
+            })
+        } else {
+            Ok(())
+        }
+    });
+    let l = lines(7);
+    let t = Telemetry::default();
+    let refused = deliver(
+        &mut sink,
+        &refs(&l),
+        &limits(),
+        &t,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(refused.is_empty());
+    let taken: Vec<String> = calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, b)| b.lines().count() <= 2)
+        .flat_map(|(_, b)| b.lines().map(str::to_string).collect::<Vec<_>>())
+        .collect();
+    assert_eq!(taken, l);
+}
+
+#[tokio::test(start_paused = true)]
+async fn refused_credentials_keep_the_data_and_report_not_ready_until_fixed() {
+    let auth = || {
+        Err(SinkError::Auth {
+            message: "store answered 401: unauthorized".into(),
+        })
+    };
+    let (mut sink, calls) = Scripted::new(vec![auth(), auth()]);
+    let l = lines(4);
+    let t = Telemetry::default();
+    let abandon = CancellationToken::new();
+    let refused = deliver(&mut sink, &refs(&l), &limits(), &t, &abandon)
+        .await
+        .unwrap();
+    assert!(
+        refused.is_empty(),
+        "nothing is dead-lettered for a credentials problem"
+    );
+    assert_eq!(calls.lock().unwrap().len(), 3);
+    assert_eq!(t.snapshot().write_retries, 2);
+    assert!(!t
+        .health
+        .not_ready_reasons()
+        .contains(&"store refuses credentials, bucket or org"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_drain_deadline_interrupts_a_backoff_and_keeps_the_batch() {
+    let (mut sink, calls) = Scripted::with_rule(vec![], |_| retry(None));
+    let l = lines(2);
+    let t = Telemetry::default();
+    let abandon = CancellationToken::new();
+    let cancel = abandon.clone();
+    let started = Instant::now();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        cancel.cancel();
+    });
+    assert_eq!(
+        deliver(&mut sink, &refs(&l), &limits(), &t, &abandon).await,
+        Err(Abandoned)
+    );
+    assert_eq!(started.elapsed(), Duration::from_secs(3));
+    assert!(calls.lock().unwrap().len() >= 3);
+    assert!(t
+        .health
+        .not_ready_reasons()
+        .contains(&"store unreachable or failing"));
+}

@@ -1,0 +1,80 @@
+//! The normalise stage: decode + normalise one message at a time, in arrival order, and encode
+//! the accepted readings as line protocol, the spool's record. Pure work: no I/O here.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use tokio::sync::{mpsc, watch};
+
+use super::Normaliser;
+use crate::lineproto;
+use crate::model::{Delivery, Normalised, Reading, Record};
+use crate::telemetry::Telemetry;
+
+/// Typical encoded size of one reading, to size the record's buffer once.
+const LINE_BYTES: usize = 200;
+
+/// Runs until the source closes `deliveries` (shutdown) or the spool stage is gone. A new
+/// normaliser sent on `rules` (SIGHUP) takes over between two messages.
+pub(crate) async fn run(
+    mut rules: watch::Receiver<Arc<Normaliser>>,
+    mut deliveries: mpsc::UnboundedReceiver<Delivery>,
+    out: mpsc::Sender<Normalised>,
+    telemetry: Arc<Telemetry>,
+) {
+    let mut normaliser = rules.borrow_and_update().clone();
+    while let Some(Delivery { message, ack }) = deliveries.recv().await {
+        if rules.has_changed().unwrap_or(false) {
+            normaliser = rules.borrow_and_update().clone();
+            telemetry.rules_changed();
+        }
+        telemetry.message_received();
+        let outcome = normaliser.normalise(&message, Utc::now());
+        telemetry.message_normalised(
+            &message.topic,
+            outcome.readings.len(),
+            outcome.rejects.len(),
+        );
+        let record = (!outcome.readings.is_empty())
+            .then(|| record(&message.topic, &outcome.readings, &telemetry));
+        // Labels for the dead letters only: a message without rejects needs none.
+        let (city, source) = if outcome.rejects.is_empty() {
+            (None, None)
+        } else {
+            let rule = normaliser.rule(&message.topic);
+            (
+                rule.and_then(|r| r.city.clone()),
+                rule.map(|r| r.source.clone()),
+            )
+        };
+        let n = Normalised {
+            message,
+            record,
+            rejects: outcome.rejects,
+            city,
+            source,
+            ack,
+        };
+        if out.send(n).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The spool record of a message's accepted readings, each counted.
+fn record(topic: &str, readings: &[Reading], telemetry: &Telemetry) -> Record {
+    let mut lines = String::with_capacity(readings.len() * LINE_BYTES);
+    for r in readings {
+        lineproto::encode(r, &mut lines);
+        telemetry.reading_accepted(
+            r.tag("city").unwrap_or("unknown"),
+            r.tag("domain").unwrap_or("unknown"),
+            r.tag("source").unwrap_or("unknown"),
+        );
+    }
+    Record {
+        topic: topic.to_string(),
+        readings: readings.len() as u32,
+        lines,
+    }
+}

@@ -1,0 +1,250 @@
+//! Configuration in two stages (ripgrep's lowargs -> hiargs): [`raw`] serde structs that refuse
+//! unknown keys, then [`validate`]d settings with durations, non-zero limits and [`Secret`]s.
+//! Sources: a TOML file, then `URBANFLUX__<SECTION>__<KEY>` environment variables on top.
+//! Every error names the key and the fix.
+
+mod raw;
+mod secret;
+mod validate;
+
+use std::num::{NonZeroU16, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::ConfigError;
+use crate::registry::Registry;
+use crate::rules::Rule;
+
+pub use secret::Secret;
+
+/// The shipped default configuration, also what `urbanflux demo` runs on.
+pub const DEFAULT_CONFIG: &str = include_str!("../../config/urbanflux.toml");
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub mqtt: MqttSettings,
+    pub influx: InfluxSettings,
+    pub batch: BatchSettings,
+    pub spool: SpoolSettings,
+    /// How long a shutdown may spend draining the spool into the store.
+    pub drain_timeout: Duration,
+    /// Address of /healthz and /readyz; `None` when `ops.listen` is empty.
+    pub ops_listen: Option<std::net::SocketAddr>,
+    pub state_dir: PathBuf,
+    pub max_payload_bytes: usize,
+    pub log_level: String,
+    /// The normalisation rules, compiled (`[[route]]`, see [`crate::rules`]).
+    pub routes: Vec<Rule>,
+    /// The device registry the rules look static metadata up in.
+    pub registry: Arc<Registry>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqttSettings {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub credentials: Option<(String, Secret)>,
+    pub keep_alive: Duration,
+    /// How many unacknowledged messages the broker lets us hold (its max_inflight_messages).
+    pub max_inflight: NonZeroU16,
+    pub topics: Vec<String>,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    /// Subscriptions silent for longer than this are reported ("connected but silent").
+    pub expected_interval: Vec<(String, Duration)>,
+}
+
+/// Which write API the store speaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InfluxApi {
+    /// InfluxDB 2.x/3.x and VictoriaMetrics: `/api/v2/write?org=&bucket=`.
+    V2 { org: String, bucket: String },
+    /// InfluxDB 1.x: `/write?db=&rp=`.
+    V1 {
+        database: String,
+        retention_policy: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct InfluxSettings {
+    pub url: String,
+    pub api: InfluxApi,
+    pub token: Secret,
+    /// InfluxDB 1.x basic authentication (username, password).
+    pub basic_auth: Option<(String, Secret)>,
+    pub timeout: Duration,
+    pub gzip: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchSettings {
+    pub max_lines: NonZeroUsize,
+    pub max_age: Duration,
+    pub retry_max: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpoolSettings {
+    /// Bytes on disk at most; when full, intake stops (back-pressure).
+    pub max_bytes: u64,
+    pub segment_bytes: u64,
+    /// Group commit: fsync at least this often while records wait ...
+    pub sync_interval: Duration,
+    /// ... or as soon as this many bytes wait.
+    pub sync_bytes: u64,
+}
+
+impl Settings {
+    /// Reads `path`, then applies `URBANFLUX__*` environment overrides.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(
+                "--config",
+                format!("cannot read {}: {e}", path.display()),
+                "pass the path of a readable TOML file, e.g. config/urbanflux.toml",
+            )
+        })?;
+        Self::from_toml_in(&text, path.parent())
+    }
+
+    /// Parses TOML text, then applies `URBANFLUX__*` environment overrides. A relative
+    /// registry file is looked for in the current folder.
+    pub fn from_toml(text: &str) -> Result<Settings, ConfigError> {
+        Self::from_toml_in(text, None)
+    }
+
+    /// Like [`Settings::from_toml`], with a relative registry file looked for in `base`.
+    pub fn from_toml_in(text: &str, base: Option<&Path>) -> Result<Settings, ConfigError> {
+        let built = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix("URBANFLUX")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true)
+                    .list_separator(",")
+                    .with_list_parse_key("mqtt.topics"),
+            )
+            .build()
+            .map_err(|e| {
+                ConfigError::new(
+                    "(file)",
+                    format!("{e}"),
+                    "correct the TOML syntax at the line and column given",
+                )
+            })?;
+        let raw: raw::Raw = built.try_deserialize().map_err(raw::from_config_error)?;
+        let registry = crate::registry::load(raw.registry.file.as_deref(), base)?;
+        let routes = crate::rules::compile_routes(text, &registry)?;
+        let mut settings = raw.validate()?;
+        settings.routes = routes;
+        settings.registry = Arc::new(registry);
+        Ok(settings)
+    }
+}
+
+/// The keys that differ between two settings and that a running daemon cannot apply: they take
+/// effect after a restart. Compared by value, secrets included (their `Debug` is redacted).
+pub fn restart_only_changes(old: &Settings, new: &Settings) -> Vec<&'static str> {
+    let (om, nm, oi, ni) = (&old.mqtt, &new.mqtt, &old.influx, &new.influx);
+    let (ob, nb, os, ns) = (&old.batch, &new.batch, &old.spool, &new.spool);
+    [
+        ("mqtt.url", (&om.host, om.port) != (&nm.host, nm.port)),
+        ("mqtt.client_id", om.client_id != nm.client_id),
+        (
+            "mqtt.username / mqtt.password",
+            om.credentials != nm.credentials,
+        ),
+        ("mqtt.keep_alive", om.keep_alive != nm.keep_alive),
+        ("mqtt.max_inflight", om.max_inflight != nm.max_inflight),
+        ("mqtt.topics", om.topics != nm.topics),
+        (
+            "mqtt.reconnect_min / reconnect_max",
+            (om.reconnect_min, om.reconnect_max) != (nm.reconnect_min, nm.reconnect_max),
+        ),
+        (
+            "mqtt.expected_interval",
+            om.expected_interval != nm.expected_interval,
+        ),
+        ("influx.url", oi.url != ni.url),
+        (
+            "influx.api / org / bucket / database / retention_policy",
+            oi.api != ni.api,
+        ),
+        ("influx.token", oi.token != ni.token),
+        (
+            "influx.username / influx.password",
+            oi.basic_auth != ni.basic_auth,
+        ),
+        ("influx.timeout", oi.timeout != ni.timeout),
+        ("influx.gzip", oi.gzip != ni.gzip),
+        ("batch", ob != nb),
+        ("spool", os != ns),
+        ("state.dir", old.state_dir != new.state_dir),
+        ("ops.listen", old.ops_listen != new.ops_listen),
+        (
+            "shutdown.drain_timeout",
+            old.drain_timeout != new.drain_timeout,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_is_valid() {
+        let s = Settings::from_toml(DEFAULT_CONFIG).unwrap();
+        assert!(!s.routes.is_empty());
+        assert!(format!("{:?}", s.influx.token).contains("\"\""));
+    }
+
+    #[test]
+    fn a_misspelt_key_is_named() {
+        let text = DEFAULT_CONFIG.replacen("client_id =", "client_idd =", 1);
+        let e = Settings::from_toml(&text).unwrap_err();
+        assert!(e.to_string().contains("client_idd"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_duration_names_its_key_and_the_fix() {
+        let text = DEFAULT_CONFIG.replacen("max_age = \"1s\"", "max_age = \"soon\"", 1);
+        let e = Settings::from_toml(&text).unwrap_err();
+        assert_eq!(e.key, "batch.max_age", "{e}");
+        assert!(e.fix.contains("30s"));
+    }
+
+    #[test]
+    fn a_rule_error_names_its_key() {
+        let text = DEFAULT_CONFIG.replacen("unit = \"mph\"", "unit = \"furlong/fortnight\"", 1);
+        let e = Settings::from_toml(&text).unwrap_err();
+        assert!(
+            e.key.starts_with("route[") && e.key.ends_with("fields.speed_kmh.unit"),
+            "{e}"
+        );
+        assert!(e.problem.contains("unknown unit"), "{e}");
+        let text = DEFAULT_CONFIG.replacen("unit = \"mph\"", "unit = \"degF\"", 1);
+        let e = Settings::from_toml(&text).unwrap_err();
+        assert!(e.problem.contains("does not convert into speed_kmh"), "{e}");
+    }
+
+    #[test]
+    fn a_changed_secret_is_a_change_that_needs_a_restart() {
+        let old = Settings::from_toml(DEFAULT_CONFIG).unwrap();
+        let mut new = old.clone();
+        assert!(restart_only_changes(&old, &new).is_empty());
+        new.influx.token = Secret::new("another-token");
+        new.batch.max_lines = NonZeroUsize::new(7).unwrap();
+        assert_eq!(
+            restart_only_changes(&old, &new),
+            vec!["influx.token", "batch"]
+        );
+    }
+}

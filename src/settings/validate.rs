@@ -1,0 +1,317 @@
+//! Stage 2 of the configuration: every raw section checked and turned into the settings the
+//! program uses (durations, non-zero limits, URLs, secrets). Every error names the key and the fix.
+
+use std::num::{NonZeroU16, NonZeroUsize};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::raw::{Raw, RawSpool};
+use super::secret::{secret, Secret};
+use super::{BatchSettings, InfluxApi, InfluxSettings, MqttSettings, Settings, SpoolSettings};
+use crate::error::ConfigError;
+use crate::topic::check_filter;
+
+fn err(key: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+    ConfigError::new(key, problem, fix)
+}
+
+fn duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(text).map_err(|e| {
+        err(
+            key,
+            format!("{text:?} is not a duration ({e})"),
+            "write a duration such as \"500ms\", \"30s\" or \"5m\"",
+        )
+    })
+}
+
+fn non_empty(key: &str, value: &str, fix: &str) -> Result<(), ConfigError> {
+    if value.trim().is_empty() {
+        return Err(err(key, "must not be empty", fix));
+    }
+    Ok(())
+}
+
+/// `mqtt://host[:port]` (or `tcp://`) into host and port.
+pub(super) fn parse_mqtt_url(url: &str) -> Result<(String, u16), ConfigError> {
+    let bad = |problem: String| {
+        err(
+            "mqtt.url",
+            problem,
+            "write mqtt://HOST:PORT, e.g. mqtt://127.0.0.1:1883",
+        )
+    };
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .ok_or_else(|| bad(format!("{url:?} does not start with mqtt://")))?;
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+            let port = p
+                .parse::<u16>()
+                .map_err(|_| bad(format!("port {p:?} is not a number from 1 to 65535")))?;
+            (h, port)
+        }
+        _ => (rest, 1883),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port == 0 {
+        return Err(bad(format!("{url:?} has no host or port")));
+    }
+    Ok((host.to_string(), port))
+}
+
+impl Raw {
+    pub(super) fn validate(mut self) -> Result<Settings, ConfigError> {
+        let (host, port) = parse_mqtt_url(&self.mqtt.url)?;
+        non_empty(
+            "mqtt.client_id",
+            &self.mqtt.client_id,
+            "set a stable id, unique per urbanflux instance: the broker keeps the session under it",
+        )?;
+        if self.mqtt.topics.is_empty() {
+            return Err(err(
+                "mqtt.topics",
+                "no topic to subscribe to",
+                "list MQTT topic filters, e.g. [\"paris/#\", \"sf/#\"]",
+            ));
+        }
+        for t in &self.mqtt.topics {
+            check_filter("mqtt.topics", t)?;
+        }
+        let max_inflight = u16::try_from(self.mqtt.max_inflight)
+            .ok()
+            .and_then(NonZeroU16::new)
+            .ok_or_else(|| {
+                err(
+                    "mqtt.max_inflight",
+                    format!("{} is not within 1..=65535", self.mqtt.max_inflight),
+                    "set it to the broker's max_inflight_messages (mosquitto: 1000 recommended)",
+                )
+            })?;
+        let credentials = if self.mqtt.username.is_empty() {
+            None
+        } else {
+            let password = secret(
+                "mqtt.password_file",
+                self.mqtt.password,
+                &self.mqtt.password_file,
+                "mqtt-password",
+            )?;
+            Some((self.mqtt.username, password))
+        };
+        let token = secret(
+            "influx.token_file",
+            std::mem::take(&mut self.influx.token),
+            &self.influx.token_file,
+            "influx-token",
+        )?;
+        let reconnect_min = duration("mqtt.reconnect_min", &self.mqtt.reconnect_min)?;
+        let reconnect_max = duration("mqtt.reconnect_max", &self.mqtt.reconnect_max)?;
+        if reconnect_min > reconnect_max || reconnect_min.is_zero() {
+            return Err(err(
+                "mqtt.reconnect_min",
+                "must be above zero and not above mqtt.reconnect_max",
+                "e.g. reconnect_min = \"500ms\", reconnect_max = \"30s\"",
+            ));
+        }
+
+        let url = self.influx.url.trim_end_matches('/').to_string();
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+            return Err(err(
+                "influx.url",
+                format!("{url:?} is not an http(s) URL"),
+                "write http://HOST:PORT, e.g. http://127.0.0.1:8086",
+            ));
+        }
+        let api = match self.influx.api.as_str() {
+            "v2" => {
+                non_empty(
+                    "influx.org",
+                    &self.influx.org,
+                    "set the InfluxDB organisation name",
+                )?;
+                non_empty(
+                    "influx.bucket",
+                    &self.influx.bucket,
+                    "set the InfluxDB bucket name",
+                )?;
+                InfluxApi::V2 {
+                    org: self.influx.org,
+                    bucket: self.influx.bucket,
+                }
+            }
+            "v1" => {
+                non_empty(
+                    "influx.database",
+                    &self.influx.database,
+                    "set the InfluxDB 1.x database (api = \"v1\" writes through /write?db=...)",
+                )?;
+                InfluxApi::V1 {
+                    database: self.influx.database,
+                    retention_policy: self.influx.retention_policy,
+                }
+            }
+            other => {
+                return Err(err(
+                    "influx.api",
+                    format!("{other:?} is not a write API"),
+                    "use \"v2\" (InfluxDB 2.x/3.x, VictoriaMetrics) or \"v1\" (InfluxDB 1.x)",
+                ))
+            }
+        };
+        let basic_auth = (!self.influx.username.is_empty())
+            .then(|| (self.influx.username, Secret::new(self.influx.password)));
+
+        let max_lines = NonZeroUsize::new(self.batch.max_lines).ok_or_else(|| {
+            err(
+                "batch.max_lines",
+                "must be at least 1",
+                "e.g. max_lines = 5000",
+            )
+        })?;
+        let max_age = duration("batch.max_age", &self.batch.max_age)?;
+        let retry_max = duration("batch.retry_max", &self.batch.retry_max)?;
+        let spool = self.spool.validate()?;
+        let mut expected_interval = Vec::new();
+        for (filter, d) in &self.mqtt.expected_interval {
+            let key = format!("mqtt.expected_interval.{filter}");
+            check_filter(&key, filter)?;
+            expected_interval.push((filter.clone(), duration(&key, d)?));
+        }
+        if self.limits.max_payload_bytes == 0 {
+            return Err(err(
+                "limits.max_payload_bytes",
+                "must be at least 1",
+                "e.g. 262144 (256 KiB)",
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
+            err(
+                "log.level",
+                format!("{:?} is not a log filter ({e})", self.log.level),
+                "use error, warn, info, debug or trace (or an EnvFilter directive)",
+            )
+        })?;
+
+        Ok(Settings {
+            mqtt: MqttSettings {
+                host,
+                port,
+                client_id: self.mqtt.client_id,
+                credentials,
+                keep_alive: duration("mqtt.keep_alive", &self.mqtt.keep_alive)?,
+                max_inflight,
+                topics: self.mqtt.topics,
+                reconnect_min,
+                reconnect_max,
+                expected_interval,
+            },
+            influx: InfluxSettings {
+                url,
+                api,
+                token,
+                basic_auth,
+                timeout: duration("influx.timeout", &self.influx.timeout)?,
+                gzip: self.influx.gzip,
+            },
+            batch: BatchSettings {
+                max_lines,
+                max_age,
+                retry_max,
+            },
+            spool,
+            drain_timeout: duration("shutdown.drain_timeout", &self.shutdown.drain_timeout)?,
+            ops_listen: if self.ops.listen.trim().is_empty() {
+                None
+            } else {
+                Some(self.ops.listen.trim().parse().map_err(|_| {
+                    err(
+                        "ops.listen",
+                        format!("{:?} is not an IP:port address", self.ops.listen),
+                        "write e.g. \"127.0.0.1:9464\", or \"\" to turn the endpoint off",
+                    )
+                })?)
+            },
+            state_dir: self.state.dir,
+            max_payload_bytes: self.limits.max_payload_bytes,
+            log_level: self.log.level,
+            routes: Vec::new(),
+            registry: Arc::default(),
+        })
+    }
+}
+
+/// "64KiB", "16MiB", "1GiB" or a plain number of bytes.
+fn bytes(key: &str, text: &str) -> Result<u64, ConfigError> {
+    let t = text.trim();
+    let (num, mult) = [
+        ("GiB", 1u64 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+        ("B", 1),
+    ]
+    .iter()
+    .find_map(|(suffix, m)| t.strip_suffix(suffix).map(|n| (n.trim(), *m)))
+    .unwrap_or((t, 1));
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| {
+            err(
+                key,
+                format!("{text:?} is not a size"),
+                "write a size such as \"64KiB\", \"16MiB\" or \"1GiB\"",
+            )
+        })
+}
+
+impl RawSpool {
+    fn validate(&self) -> Result<SpoolSettings, ConfigError> {
+        let max_bytes = bytes("spool.max_bytes", &self.max_bytes)?;
+        let segment_bytes = bytes("spool.segment_bytes", &self.segment_bytes)?;
+        if max_bytes < 4096 {
+            return Err(err(
+                "spool.max_bytes",
+                "is below 4KiB",
+                "give the spool room for your longest store outage, e.g. \"1GiB\"",
+            ));
+        }
+        if segment_bytes == 0 || segment_bytes > max_bytes / 2 {
+            return Err(err(
+                "spool.segment_bytes",
+                format!("must be above 0 and at most half of spool.max_bytes ({max_bytes} bytes)"),
+                "lower it, e.g. \"16MiB\" for a 1GiB spool",
+            ));
+        }
+        Ok(SpoolSettings {
+            max_bytes,
+            segment_bytes,
+            sync_interval: duration("spool.sync_interval", &self.sync_interval)?,
+            sync_bytes: bytes("spool.sync_bytes", &self.sync_bytes)?.max(1),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mqtt_urls_are_read_with_a_default_port() {
+        assert_eq!(
+            parse_mqtt_url("mqtt://127.0.0.1:1884").unwrap(),
+            ("127.0.0.1".into(), 1884)
+        );
+        assert_eq!(
+            parse_mqtt_url("mqtt://broker").unwrap(),
+            ("broker".into(), 1883)
+        );
+        assert_eq!(
+            parse_mqtt_url("mqtt://[::1]:1883").unwrap(),
+            ("::1".into(), 1883)
+        );
+        assert!(parse_mqtt_url("http://x").is_err());
+    }
+}

@@ -1,0 +1,18 @@
+//! The durable spool: [`log`] is the segment log on disk (records, recovery, cursor), [`stage`]
+//! the pipeline stage that appends normalised messages, fsyncs them in groups and only then
+//! releases their acknowledgements.
+
+mod log;
+pub(crate) mod stage;
+
+pub(crate) use log::{open, OpenReport, SpoolConfig, SpoolReader, SpoolWriter};
+
+/// Blocking file I/O on a runtime worker, without starving the other tasks.
+pub(crate) fn block<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}

@@ -1,0 +1,221 @@
+//! The named events (Vector's `internal_events`): each method writes its log line and bumps its
+//! counters and gauges together, so a log line and a metric can never disagree. Metric names are
+//! the constants of [`super::metrics`].
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tracing::{debug, error, info, warn};
+
+use super::metrics as m;
+use super::{slot, source_label, Telemetry, CITIES, DOMAINS};
+use crate::model::{Reject, RejectCode};
+use crate::schema::SOURCES;
+use crate::spool::OpenReport;
+
+/// Why a store write will be tried again (the `kind` label of the retry counter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// Network error, timeout, 5xx.
+    Unreachable,
+    /// 429/503 with Retry-After.
+    Throttled,
+    /// 401/403/404: credentials, bucket or org.
+    Auth,
+}
+
+impl Retry {
+    pub(crate) const ALL: [Retry; 3] = [Retry::Unreachable, Retry::Throttled, Retry::Auth];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Retry::Unreachable => "unreachable",
+            Retry::Throttled => "throttled",
+            Retry::Auth => "auth",
+        }
+    }
+}
+
+impl Telemetry {
+    // ---- source ------------------------------------------------------------------------------
+
+    pub(crate) fn mqtt_connected(&self, session_present: bool, host: &str, port: u16) {
+        info!(session_present, host = %host, port, "connected to broker");
+        metrics::gauge!(m::MQTT_CONNECTED).set(1.0);
+    }
+
+    pub(crate) fn mqtt_connection_lost(&self, error: &str, retry_in: Duration) {
+        self.health.set_subscribed(false);
+        metrics::gauge!(m::MQTT_CONNECTED).set(0.0);
+        metrics::counter!(m::MQTT_RECONNECTS).increment(1);
+        warn!(error = %error, retry_in = ?retry_in, "mqtt connection lost, reconnecting");
+    }
+
+    pub(crate) fn subscribe_not_queued(&self, error: &dyn std::fmt::Display) {
+        error!(error = %error, "could not queue SUBSCRIBE");
+    }
+
+    pub(crate) fn subscription_refused(&self, filter: &str) {
+        error!(topic = %filter, "broker refused the subscription (check its ACLs)");
+    }
+
+    /// Every subscription acknowledged: the first time, the daemon is ready.
+    pub(crate) fn mqtt_ready(&self, topics: &[String]) {
+        info!(topics = ?topics, "urbanflux ready");
+    }
+
+    pub(crate) fn puback_not_queued(&self, pkid: u16, error: &dyn std::fmt::Display) {
+        warn!(error = %error, pkid, "could not queue PUBACK; the broker will redeliver");
+    }
+
+    pub(crate) fn left_for_redelivery(&self, topic: &str) {
+        debug!(topic = %topic, "shutting down: left for redelivery");
+    }
+
+    /// `subscription` is a configured topic filter: bounded by the configuration.
+    pub(crate) fn subscription_quiet_for(&self, subscription: &str, quiet: Duration) {
+        metrics::gauge!(m::SECONDS_SINCE_LAST_MESSAGE, "subscription" => subscription.to_string())
+            .set(quiet.as_secs_f64());
+    }
+
+    pub(crate) fn subscription_silent(
+        &self,
+        subscription: &str,
+        quiet: Duration,
+        expected: Duration,
+    ) {
+        metrics::counter!(m::SILENT_SUBSCRIPTIONS).increment(1);
+        warn!(subscription = %subscription, silent_for = ?quiet, expected = ?expected,
+            "connected but silent: no message on this subscription for longer than expected");
+    }
+
+    pub(crate) fn subscription_active_again(&self, subscription: &str) {
+        info!(subscription = %subscription, "subscription is receiving messages again");
+    }
+
+    // ---- normalise ---------------------------------------------------------------------------
+
+    pub(crate) fn message_received(&self) {
+        self.messages.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(m::MESSAGES_RECEIVED).increment(1);
+    }
+
+    pub(crate) fn message_normalised(&self, topic: &str, readings: usize, rejects: usize) {
+        debug!(topic = %topic, readings, rejects, "normalised");
+    }
+
+    /// One reading normalised and on its way to the spool.
+    pub(crate) fn reading_accepted(&self, city: &str, domain: &str, source: &str) {
+        let (c, d) = (slot(city, CITIES), slot(domain, DOMAINS));
+        self.accepted[c][d].fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(m::READINGS_RECEIVED,
+            "city" => super::label(c, CITIES), "domain" => super::label(d, DOMAINS),
+            "source" => source_label(source))
+        .increment(1);
+    }
+
+    /// One message or reading refused by the rules; it goes to the dead letters.
+    pub(crate) fn rejected(&self, topic: &str, city: &str, source: &str, reject: &Reject) {
+        warn!(topic = %topic, reason = %reject.code, detail = %reject.detail, "rejected");
+        self.count_reject(city, source_label(source), reject.code);
+    }
+
+    fn count_reject(&self, city: &str, source: &'static str, code: RejectCode) {
+        let c = slot(city, CITIES);
+        let r = RejectCode::ALL
+            .iter()
+            .position(|x| *x == code)
+            .expect("every code is in RejectCode::ALL");
+        self.rejected[c][r].fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(m::READINGS_REJECTED,
+            "city" => super::label(c, CITIES), "source" => source, "reason" => code.as_str())
+        .increment(1);
+    }
+
+    pub(crate) fn rules_changed(&self) {
+        info!("new rules in effect");
+    }
+
+    // ---- spool -------------------------------------------------------------------------------
+
+    pub(crate) fn spool_opened(&self, dir: &Path, report: &OpenReport) {
+        if report.truncated_bytes > 0 {
+            metrics::counter!(m::SPOOL_TRUNCATIONS).increment(1);
+            error!(
+                bytes = report.truncated_bytes,
+                "spool: truncated a torn tail on open"
+            );
+        }
+        info!(dir = %dir.display(), segments = report.segments, pending_bytes = report.pending_bytes, "spool open");
+    }
+
+    pub(crate) fn spool_full(&self, spool_bytes: u64, max_bytes: u64) {
+        metrics::counter!(m::SPOOL_FULL).increment(1);
+        self.health.set_spool_full(true);
+        warn!(spool_bytes, max_bytes,
+            "spool full: not acknowledging or reading new messages until the store catches up (back-pressure)");
+    }
+
+    pub(crate) fn spool_has_room(&self) {
+        self.health.set_spool_full(false);
+        info!("spool has room again: intake resumes");
+    }
+
+    pub(crate) fn spool_state(&self, bytes: u64, oldest_age: Duration) {
+        metrics::gauge!(m::SPOOL_BYTES).set(bytes as f64);
+        metrics::gauge!(m::SPOOL_OLDEST_AGE).set(oldest_age.as_secs_f64());
+    }
+
+    // ---- batch and sink ----------------------------------------------------------------------
+
+    pub(crate) fn store_accepted(&self) {
+        self.health.store_ok();
+    }
+
+    /// A batch every sink took.
+    pub(crate) fn batch_written(&self, lines: usize, took: Duration) {
+        self.written.fetch_add(lines as u64, Ordering::Relaxed);
+        metrics::counter!(m::READINGS_WRITTEN).increment(lines as u64);
+        metrics::histogram!(m::BATCH_LINES).record(lines as f64);
+        metrics::histogram!(m::WRITE_SECONDS).record(took.as_secs_f64());
+    }
+
+    /// A write that will be tried again after `retry_in`.
+    pub(crate) fn write_retry(
+        &self,
+        sink: &str,
+        kind: Retry,
+        error: &str,
+        lines: usize,
+        retry_in: Duration,
+    ) {
+        self.write_retries.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(m::SINK_RETRIES, "kind" => kind.as_str()).increment(1);
+        self.health.store_failing(kind == Retry::Auth);
+        if kind == Retry::Auth {
+            error!(sink, error = %error, retry_in = ?retry_in,
+                "store refuses our credentials or does not know the bucket/org: fix influx.token, influx.org or influx.bucket; readings stay in the spool");
+        } else {
+            warn!(sink, error = %error, lines, retry_in = ?retry_in, "store write failed, will retry");
+        }
+    }
+
+    /// The store refused one line for good; it goes to the dead letters.
+    pub(crate) fn store_refused(&self, sink: &str, topic: &str, error: &str) {
+        error!(sink, topic = %topic, error = %error, "store refused a line; dead-lettering it");
+        self.count_reject("unknown", "store", RejectCode::StoreRejected);
+    }
+
+    pub(crate) fn drain_abandoned(&self, pending_bytes: u64) {
+        info!(
+            pending_bytes,
+            "drain deadline passed; the rest stays in the spool"
+        );
+    }
+}
+
+/// The `source` values a reject may be counted under: the schema's and the store's.
+pub(crate) fn reject_sources() -> impl Iterator<Item = &'static str> {
+    SOURCES.iter().copied().chain(["store"])
+}
