@@ -30,6 +30,13 @@ fn wait_for_series(stack: &Stack, selector: &str) {
     stack.store.wait_for_samples(selector, 1, READY_TIMEOUT);
 }
 
+/// Writes `config` over the stack's file, sends SIGHUP and waits for `outcome` in the log.
+fn reload(stack: &Stack, daemon: &mut Daemon, config: &str, outcome: &str) {
+    std::fs::write(&stack.config, config).unwrap();
+    signal(daemon, "HUP");
+    daemon.wait_for_log(outcome, READY_TIMEOUT);
+}
+
 #[test]
 fn sighup_applies_a_changed_rule_without_reconnecting_and_refuses_a_broken_file() {
     let stack = Stack::start();
@@ -47,9 +54,7 @@ fn sighup_applies_a_changed_rule_without_reconnecting_and_refuses_a_broken_file(
         text, changed,
         "the shipped config has no dpw namespace to change"
     );
-    std::fs::write(&stack.config, &changed).unwrap();
-    signal(&daemon, "HUP");
-    daemon.wait_for_log("configuration reloaded", READY_TIMEOUT);
+    reload(&stack, &mut daemon, &changed, "configuration reloaded");
     publish_all(stack.broker.port(), &[bin("HUP-2")]);
     wait_for_series(
         &stack,
@@ -57,13 +62,8 @@ fn sighup_applies_a_changed_rule_without_reconnecting_and_refuses_a_broken_file(
     );
 
     // A broken file is refused and changes nothing.
-    std::fs::write(
-        &stack.config,
-        changed.replacen("[mqtt]", "[mqtt]\nno_such_key = 1", 1),
-    )
-    .unwrap();
-    signal(&daemon, "HUP");
-    daemon.wait_for_log("reload refused", READY_TIMEOUT);
+    let broken = changed.replacen("[mqtt]", "[mqtt]\nno_such_key = 1", 1);
+    reload(&stack, &mut daemon, &broken, "reload refused");
     publish_all(stack.broker.port(), &[bin("HUP-3")]);
     wait_for_series(
         &stack,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 
-use super::service::{Launch, Service};
+use super::service::{installed, Launch, Service};
 use super::unique_id;
 
 const MOSQUITTO: &str = "/usr/sbin/mosquitto";
@@ -27,10 +27,7 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     pub fn start() -> Mosquitto {
-        assert!(
-            Path::new(MOSQUITTO).exists(),
-            "mosquitto not found: apt-get install -y mosquitto"
-        );
+        installed(MOSQUITTO, "mosquitto");
         let service = Service::on_free_port("mosquitto", |dir, port| {
             let conf = dir.join("mosquitto.conf");
             fs::write(&conf, config(dir, port)).expect("write mosquitto.conf");

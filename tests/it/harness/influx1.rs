@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::free_port;
 use super::http::{http_get, http_post, url_encode};
-use super::service::{Launch, Service};
+use super::service::{installed, Launch, Service};
 
 const INFLUXD: &str = "/usr/bin/influxd";
 /// How long influxd may take to answer GET /ping after it was spawned.
@@ -23,10 +23,7 @@ pub struct Influx1 {
 
 impl Influx1 {
     pub fn start() -> Influx1 {
-        assert!(
-            Path::new(INFLUXD).exists(),
-            "influxd not found: apt-get install -y influxdb"
-        );
+        installed(INFLUXD, "influxdb");
         let service = Service::on_free_port("influxd", |dir, port| {
             let conf = dir.join("influxdb.conf");
             fs::write(&conf, config(dir, port, free_port())).expect("write influxdb.conf");

@@ -69,16 +69,14 @@ impl fmt::Display for Point {
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        let time = chrono::DateTime::from_timestamp_millis(self.time_ms)
-            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-            .unwrap_or_else(|| "?".into());
         write!(
             f,
-            "{}{} {} {} ({time})",
+            "{}{} {} {} ({})",
             self.measurement,
             tags.concat(),
             fields.join(","),
-            self.time_ms
+            self.time_ms,
+            rfc3339(self.time_ms)
         )
     }
 }
@@ -245,6 +243,13 @@ fn parse_field_value(raw: &str) -> Option<FieldValue> {
         .ok()
         .filter(|x| x.is_finite())
         .map(FieldValue::Float)
+}
+
+/// ms since the epoch → RFC 3339 with ms, for messages.
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| "?".into())
 }
 
 /// RFC 3339 → ms since the epoch (sub-millisecond digits truncated).

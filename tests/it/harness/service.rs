@@ -215,6 +215,15 @@ impl Drop for Service {
     }
 }
 
+/// Panics with the install command when `program` is missing: a test that needs a server
+/// fails loudly without it.
+pub fn installed(program: &str, package: &str) {
+    assert!(
+        Path::new(program).exists(),
+        "{program} not found: apt-get install -y {package}"
+    );
+}
+
 fn own_folder(name: &str) -> TempDir {
     tempfile::Builder::new()
         .prefix(&format!("it-{name}-"))

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::Path;
 use std::process::Command;
 use std::thread;
 use std::time::Duration;
@@ -12,8 +11,8 @@ use serde_json::Value;
 
 use super::eventually;
 use super::http::{http_get, url_encode};
-use super::points::{values_equal, FieldValue, Point};
-use super::service::{Launch, Service};
+use super::points::{rfc3339, values_equal, FieldValue, Point};
+use super::service::{installed, Launch, Service};
 
 const VICTORIA: &str = "/usr/bin/victoria-metrics";
 /// How long the store may take to answer GET /health after it was spawned.
@@ -49,10 +48,7 @@ pub struct Series {
 
 impl Victoria {
     pub fn start() -> Victoria {
-        assert!(
-            Path::new(VICTORIA).exists(),
-            "victoria-metrics not found: apt-get install -y victoria-metrics"
-        );
+        installed(VICTORIA, "victoria-metrics");
         let service = Service::on_free_port("victoria-metrics", |dir, port| {
             let mut command = Command::new(VICTORIA);
             command
@@ -201,32 +197,24 @@ fn parse_export_line(line: &str) -> Series {
             labels.insert(key.clone(), value.to_owned());
         }
     }
-    let numbers = |key: &str| -> Vec<Value> {
-        json[key]
-            .as_array()
-            .unwrap_or_else(|| panic!("no {key} array in {line}"))
-            .clone()
-    };
-    let values = numbers("values")
-        .iter()
-        .map(|v| {
-            v.as_f64()
-                .unwrap_or_else(|| panic!("value {v} is not a number in {line}"))
-        })
-        .collect();
-    let timestamps = numbers("timestamps")
-        .iter()
-        .map(|t| {
-            t.as_i64()
-                .unwrap_or_else(|| panic!("timestamp {t} is not an integer in {line}"))
-        })
-        .collect();
+    let values = numbers(&json, "values", line, Value::as_f64);
+    let timestamps = numbers(&json, "timestamps", line, Value::as_i64);
     Series {
         metric,
         labels,
         values,
         timestamps,
     }
+}
+
+/// The array `key` of an export line, each entry read by `read`.
+fn numbers<T>(json: &Value, key: &str, line: &str, read: fn(&Value) -> Option<T>) -> Vec<T> {
+    json[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {key} array in {line}"))
+        .iter()
+        .map(|v| read(v).unwrap_or_else(|| panic!("{key} holds {v}, not a number, in {line}")))
+        .collect()
 }
 
 fn flatten(series: Vec<Series>) -> Vec<Sample> {
@@ -285,16 +273,13 @@ impl fmt::Display for Sample {
             .iter()
             .map(|(k, v)| format!("{k}={v:?}"))
             .collect();
-        let time = chrono::DateTime::from_timestamp_millis(self.timestamp_ms)
-            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-            .unwrap_or_else(|| "?".into());
         write!(
             f,
             "{}{{{}}} {} @ {} ({})",
             self.metric,
             labels.join(","),
             self.value,
-            time,
+            rfc3339(self.timestamp_ms),
             self.timestamp_ms
         )
     }
