@@ -3,14 +3,14 @@
 //! that set: nothing lost, nothing extra (a redelivered reading overwrites itself).
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::harness::{publish_all, Daemon, Sample, Stack, READY_TIMEOUT};
+use crate::harness::{
+    eventually, free_port, http_get, publish_all, Reply, Sample, Stack, StoreFront, READY_TIMEOUT,
+};
 
 /// Long enough for a few thousand readings through a debug build on two cores.
 const FAULT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -66,30 +66,11 @@ fn bin_samples(first: usize, n: usize) -> Vec<Sample> {
 }
 
 fn assert_store_holds_bins(stack: &Stack, n: usize) {
-    let expected = bin_samples(0, n);
-    let deadline = Instant::now() + FAULT_TIMEOUT;
-    loop {
-        let stored = stack
-            .store
-            .samples(r#"{__name__="waste_container_fill_ratio"}"#);
-        let diff = crate::harness::SampleDiff::between(&expected, &stored);
-        if diff.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "after {FAULT_TIMEOUT:?} the store does not hold exactly the {n} published readings:\n{diff}"
-        );
-        thread::sleep(Duration::from_millis(300));
-    }
-}
-
-fn daemon_with(stack: &Stack, extra: &[(&str, &str)]) -> Daemon {
-    let mut env = stack.daemon_env(&stack.store.url());
-    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let mut d = Daemon::start(&stack.config, &env);
-    d.wait_until_ready();
-    d
+    stack.store.wait_until_it_holds(
+        r#"{__name__="waste_container_fill_ratio"}"#,
+        &bin_samples(0, n),
+        FAULT_TIMEOUT,
+    );
 }
 
 #[test]
@@ -124,8 +105,7 @@ fn the_daemon_is_killed_several_times_during_the_run() {
     for _ in 0..4 {
         thread::sleep(Duration::from_millis(600));
         daemon.kill();
-        daemon = Daemon::start(&stack.config, &stack.daemon_env(&stack.store.url()));
-        daemon.wait_until_ready();
+        daemon = stack.start_daemon();
     }
     publisher.join().expect("publisher");
     assert_eq!(published.load(Ordering::SeqCst), 2000);
@@ -153,25 +133,27 @@ fn the_broker_restarts_mid_run_and_keeps_what_it_queued() {
 fn a_full_spool_stops_acknowledging_and_loses_nothing_once_the_store_returns() {
     let mut stack = Stack::start();
     stack.store.stop();
-    let mut daemon = daemon_with(
-        &stack,
-        &[
-            ("URBANFLUX__SPOOL__MAX_BYTES", "16KiB"),
-            ("URBANFLUX__SPOOL__SEGMENT_BYTES", "4KiB"),
-        ],
-    );
+    let mut daemon = stack.start_daemon_with(&[
+        ("URBANFLUX__SPOOL__MAX_BYTES", "16KiB"),
+        ("URBANFLUX__SPOOL__SEGMENT_BYTES", "4KiB"),
+    ]);
     publish_all(stack.broker.port(), &bin_messages(0, 500));
     daemon.wait_for_log("spool full", READY_TIMEOUT);
     // Back-pressure: the broker still holds what the daemon has not acknowledged.
     // 500 published, a 16 KiB spool holds about 100 of them: the broker must hold the rest.
     // ($SYS figures lag by up to a second: look again for a while.)
-    let since = Instant::now();
-    let mut held = stack.broker_stored_messages();
-    while held < 350 && since.elapsed() < Duration::from_secs(10) {
-        thread::sleep(Duration::from_millis(500));
-        held = stack.broker_stored_messages();
-    }
-    assert!(held >= 350, "the broker holds only {held} messages: the daemon acknowledged more than its spool can hold");
+    eventually(
+        Duration::from_secs(10),
+        "the broker to hold at least 350 messages",
+        || {
+            let held = stack.broker.stored_messages();
+            if held >= 350 {
+                Ok(held)
+            } else {
+                Err(format!("the broker holds only {held} messages: the daemon acknowledged more than its spool can hold"))
+            }
+        },
+    );
     let spooled: u64 = spool_bytes(&stack);
     assert!(
         spooled <= 16 * 1024 + 4 * 1024,
@@ -196,8 +178,20 @@ fn spool_bytes(stack: &Stack) -> u64 {
 #[test]
 fn a_line_the_store_refuses_is_dead_lettered_and_the_others_are_delivered() {
     let stack = Stack::start();
-    let proxy = RefusingProxy::start(stack.store.port(), "dpw-FT-POISON");
-    let _daemon = daemon_with(&stack, &[("URBANFLUX__INFLUX__URL", &proxy.url())]);
+    // As InfluxDB does for a field type conflict: 400 to any batch that holds the poison line.
+    let front = StoreFront::start(stack.store.port(), |request, _| {
+        if request.body.contains("dpw-FT-POISON") {
+            let msg = r#"{"code":"invalid","message":"partial write: field type conflict"}"#;
+            Reply::Answer(
+                400,
+                vec!["Content-Type: application/json".into()],
+                msg.into(),
+            )
+        } else {
+            Reply::Forward
+        }
+    });
+    let _daemon = stack.start_daemon_with(&[("URBANFLUX__INFLUX__URL", &front.url())]);
     let mut messages = bin_messages(0, 50);
     messages.insert(
         25,
@@ -217,150 +211,50 @@ fn a_line_the_store_refuses_is_dead_lettered_and_the_others_are_delivered() {
         .as_str()
         .unwrap()
         .contains("dpw-FT-POISON"));
-    assert!(proxy.refused() >= 1);
+    let refused = front.requests().iter().filter(|r| r.status == 400).count();
+    assert!(refused >= 1);
 }
+
+/// What the store front asks for when it throttles.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
+/// Slack for a debug build on a busy machine; a daemon that ignored Retry-After for its own
+/// backoff (seconds, doubling) or slept twice would fall outside it.
+const RETRY_SLACK: Duration = Duration::from_secs(3);
+/// Requests answered 429 before the front lets writes through.
+const THROTTLED: usize = 2;
 
 #[test]
 fn a_429_with_retry_after_is_honoured_and_nothing_is_lost() {
     let stack = Stack::start();
-    let proxy = RefusingProxy::start(stack.store.port(), "never-matches");
-    proxy.throttle_next(2);
-    let mut daemon = daemon_with(&stack, &[("URBANFLUX__INFLUX__URL", &proxy.url())]);
+    let front = StoreFront::start(stack.store.port(), |_, before| {
+        if before < THROTTLED {
+            let retry_after = format!("Retry-After: {}", RETRY_AFTER.as_secs());
+            Reply::Answer(429, vec![retry_after], String::new())
+        } else {
+            Reply::Forward
+        }
+    });
+    let _daemon = stack.start_daemon_with(&[("URBANFLUX__INFLUX__URL", &front.url())]);
     publish_all(stack.broker.port(), &bin_messages(0, 100));
     assert_store_holds_bins(&stack, 100);
-    daemon.wait_for_log("retry_in=1", READY_TIMEOUT);
-}
 
-/// A scripted InfluxDB front: answers 400 to any batch holding `poison` (as InfluxDB does for a
-/// field type conflict), 429 with Retry-After to the next N requests when asked, and forwards
-/// everything else to VictoriaMetrics.
-struct RefusingProxy {
-    port: u16,
-    refused: Arc<AtomicUsize>,
-    throttle: Arc<AtomicUsize>,
-}
-
-impl RefusingProxy {
-    fn start(upstream: u16, poison: &'static str) -> RefusingProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
-        let port = listener.local_addr().unwrap().port();
-        let refused = Arc::new(AtomicUsize::new(0));
-        let throttle = Arc::new(AtomicUsize::new(0));
-        let (r, t) = (refused.clone(), throttle.clone());
-        thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let (r, t) = (r.clone(), t.clone());
-                thread::spawn(move || {
-                    let _ = serve(stream, upstream, poison, &r, &t);
-                });
-            }
-        });
-        RefusingProxy {
-            port,
-            refused,
-            throttle,
-        }
+    let requests = front.requests();
+    assert!(requests.len() > THROTTLED, "{requests:#?}");
+    for pair in requests[..=THROTTLED].windows(2) {
+        let (refused, retried) = (&pair[0], &pair[1]);
+        assert_eq!(refused.status, 429);
+        // The same batch again, not another one sent while the first waits.
+        assert_eq!(retried.body, refused.body, "the retry is another batch");
+        let waited = retried.at - refused.at;
+        assert!(
+            waited >= RETRY_AFTER && waited < RETRY_AFTER + RETRY_SLACK,
+            "asked to retry after {RETRY_AFTER:?}, the daemon came back after {waited:?}"
+        );
     }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn refused(&self) -> usize {
-        self.refused.load(Ordering::SeqCst)
-    }
-
-    fn throttle_next(&self, n: usize) {
-        self.throttle.store(n, Ordering::SeqCst);
-    }
-}
-
-fn serve(
-    mut stream: TcpStream,
-    upstream: u16,
-    poison: &str,
-    refused: &AtomicUsize,
-    throttle: &AtomicUsize,
-) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    loop {
-        let Some((head, body)) = read_request(&mut stream)? else {
-            return Ok(());
-        };
-        let gzip = head.to_ascii_lowercase().contains("content-encoding: gzip");
-        let text = if gzip {
-            let mut s = String::new();
-            flate2::read::GzDecoder::new(&body[..]).read_to_string(&mut s)?;
-            s
-        } else {
-            String::from_utf8_lossy(&body).into_owned()
-        };
-        let reply = if throttle
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
-            "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n"
-                .to_string()
-        } else if text.contains(poison) {
-            refused.fetch_add(1, Ordering::SeqCst);
-            let msg = r#"{"code":"invalid","message":"partial write: field type conflict"}"#;
-            format!("HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{msg}", msg.len())
-        } else {
-            let path = head
-                .split_whitespace()
-                .nth(1)
-                .unwrap_or("/api/v2/write")
-                .to_string();
-            let status = forward(upstream, &path, text.as_bytes())?;
-            format!("HTTP/1.1 {status} Forwarded\r\nContent-Length: 0\r\n\r\n")
-        };
-        stream.write_all(reply.as_bytes())?;
-    }
-}
-
-/// Reads one HTTP/1.1 request: head and body (Content-Length).
-fn read_request(stream: &mut TcpStream) -> std::io::Result<Option<(String, Vec<u8>)>> {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        if stream.read(&mut byte)? == 0 {
-            return Ok(None);
-        }
-        buf.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&buf).into_owned();
-    let len = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse::<usize>().ok())?
-        })
-        .unwrap_or(0);
-    let mut body = vec![0u8; len];
-    stream.read_exact(&mut body)?;
-    Ok(Some((head, body)))
-}
-
-fn forward(upstream: u16, path: &str, body: &[u8]) -> std::io::Result<u16> {
-    let mut s = TcpStream::connect(("127.0.0.1", upstream))?;
-    write!(
-        s,
-        "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )?;
-    s.write_all(body)?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    Ok(resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(502))
 }
 
 fn messages_received(stack: &Stack) -> f64 {
-    let (_, text) = crate::harness::http_get(stack.ops_port, "/metrics").expect("GET /metrics");
+    let (_, text) = http_get(stack.ops_port, "/metrics").expect("GET /metrics");
     text.lines()
         .find(|l| l.starts_with("urbanflux_messages_received_total"))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
@@ -370,18 +264,18 @@ fn messages_received(stack: &Stack) -> f64 {
 #[test]
 fn sigterm_drains_into_the_store_acknowledges_and_exits_zero() {
     let stack = Stack::start();
-    let mut daemon = daemon_with(&stack, &[("URBANFLUX__BATCH__MAX_AGE", "3s")]);
+    let mut daemon = stack.start_daemon_with(&[("URBANFLUX__BATCH__MAX_AGE", "3s")]);
     publish_all(stack.broker.port(), &bin_messages(0, 300));
     // Once the daemon has taken all 300 (what it has not taken stays with the broker), SIGTERM
     // must flush the batch that waits up to 3 s rather than leave it behind.
-    let deadline = Instant::now() + READY_TIMEOUT;
-    while messages_received(&stack) < 300.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the daemon did not take the 300 messages"
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
+    eventually(READY_TIMEOUT, "the daemon to take the 300 messages", || {
+        let received = messages_received(&stack);
+        if received >= 300.0 {
+            Ok(())
+        } else {
+            Err(format!("urbanflux_messages_received_total {received}"))
+        }
+    });
     let status = daemon.terminate();
     assert!(status.success(), "exit status {status:?}\n{}", daemon.log());
     assert!(daemon.log().contains("shutting down"), "{}", daemon.log());
@@ -391,14 +285,11 @@ fn sigterm_drains_into_the_store_acknowledges_and_exits_zero() {
 #[test]
 fn sigterm_with_the_store_down_keeps_the_rest_in_the_spool_for_the_next_start() {
     let stack = Stack::start();
-    let nowhere = format!("http://127.0.0.1:{}", crate::harness::free_port());
-    let mut daemon = daemon_with(
-        &stack,
-        &[
-            ("URBANFLUX__INFLUX__URL", nowhere.as_str()),
-            ("URBANFLUX__SHUTDOWN__DRAIN_TIMEOUT", "1s"),
-        ],
-    );
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let mut daemon = stack.start_daemon_with(&[
+        ("URBANFLUX__INFLUX__URL", nowhere.as_str()),
+        ("URBANFLUX__SHUTDOWN__DRAIN_TIMEOUT", "1s"),
+    ]);
     publish_all(stack.broker.port(), &bin_messages(0, 300));
     daemon.wait_for_log("store write failed, will retry", READY_TIMEOUT);
     let status = daemon.terminate();
@@ -412,40 +303,25 @@ fn sigterm_with_the_store_down_keeps_the_rest_in_the_spool_for_the_next_start() 
 fn readyz_says_why_while_the_store_is_down_and_recovers_with_it() {
     let mut stack = Stack::start();
     let _daemon = stack.start_daemon();
-    let ready =
-        |stack: &Stack| crate::harness::http_get(stack.ops_port, "/readyz").expect("GET /readyz");
+    let ready = |stack: &Stack| http_get(stack.ops_port, "/readyz").expect("GET /readyz");
+    let ready_becomes = |stack: &Stack, status: u16, what: &str| {
+        eventually(READY_TIMEOUT, what, || match ready(stack) {
+            (got, body) if got == status => Ok(body),
+            (got, body) => Err(format!("{got} {body}")),
+        })
+    };
     assert_eq!(ready(&stack).0, 200, "{:?}", ready(&stack));
     assert_eq!(
-        crate::harness::http_get(stack.ops_port, "/healthz")
+        http_get(stack.ops_port, "/healthz")
             .expect("GET /healthz")
             .0,
         200
     );
     stack.store.stop();
     publish_all(stack.broker.port(), &bin_messages(0, 10));
-    let deadline = Instant::now() + READY_TIMEOUT;
-    while ready(&stack).0 != 503 {
-        assert!(
-            Instant::now() < deadline,
-            "still ready with the store down: {:?}",
-            ready(&stack)
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
-    assert!(
-        ready(&stack).1.contains("store unreachable"),
-        "{:?}",
-        ready(&stack)
-    );
+    let body = ready_becomes(&stack, 503, "/readyz to say 503 with the store down");
+    assert!(body.contains("store unreachable"), "{body:?}");
     stack.store.restart();
     assert_store_holds_bins(&stack, 10);
-    let deadline = Instant::now() + READY_TIMEOUT;
-    while ready(&stack).0 != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "not ready again after the store came back: {:?}",
-            ready(&stack)
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
+    ready_becomes(&stack, 200, "/readyz to say 200 once the store came back");
 }

@@ -2,14 +2,18 @@
 //! decode + normalise code), every fixture through a real broker into a real store and the
 //! dead-letter file, and a replay of dead letters after a configuration fix.
 
-use std::process::Command;
+use std::path::Path;
+use std::process::Output;
 use std::time::Duration;
 
 use crate::harness::fixtures::{self, Fixture};
 use crate::harness::{
-    compare_points, expected_samples, parse_line_protocol, publish_all, run_with_timeout,
-    urbanflux_bin, Daemon, FieldValue, Point, Stack, CLI_TIMEOUT, STORE_TIMEOUT,
+    compare_points, expected_samples, normalise, parse_line_protocol, publish_all,
+    run_with_timeout, urbanflux, Daemon, FieldValue, Point, Stack, STORE_TIMEOUT,
 };
+
+/// A replay reads a whole file and writes to the store: longer than a one-shot CLI run.
+const REPLAY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Every measurement of the model that a fixture writes to.
 const MEASUREMENTS: [&str; 9] = [
@@ -49,27 +53,16 @@ fn summary_count(stdout: &str, label: &str) -> Option<usize> {
         .and_then(|n| n.parse().ok())
 }
 
-fn config() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/urbanflux.toml")
-}
-
-fn normalise(fixture: &Fixture) -> std::process::Output {
-    let mut command = Command::new(urbanflux_bin());
+/// `urbanflux replay` of `file` with the stack's config and settings.
+fn replay(stack: &Stack, file: &Path) -> Output {
+    let mut command = urbanflux();
     command
-        .arg("normalise")
+        .arg("replay")
         .arg("--config")
-        .arg(config())
-        .arg("--topic")
-        .arg(&fixture.topic);
-    if let Some(t) = &fixture.received_at {
-        command.arg("--received-at").arg(t);
-    }
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("URBANFLUX") {
-            command.env_remove(key);
-        }
-    }
-    run_with_timeout(&mut command, &fixture.payload, CLI_TIMEOUT)
+        .arg(&stack.config)
+        .arg(file)
+        .envs(stack.daemon_env(&stack.store.url()));
+    run_with_timeout(&mut command, b"", REPLAY_TIMEOUT)
 }
 
 #[test]
@@ -194,7 +187,6 @@ fn a_dead_letter_is_accepted_by_replay_once_a_route_exists() {
 
     let truck = fixtures::good_named(&["sf-waste-truck"]);
     let mut daemon = Daemon::start(&without, &stack.daemon_env(&stack.store.url()));
-    daemon.wait_until_ready();
     publish_all(stack.broker.port(), &[truck[0].message()]);
     let records = stack.wait_for_deadletters(1, STORE_TIMEOUT);
     assert_eq!(records[0]["reason"], "unknown_topic", "{records:#?}");
@@ -204,19 +196,7 @@ fn a_dead_letter_is_accepted_by_replay_once_a_route_exists() {
     std::fs::rename(&dead, &replayed).unwrap();
 
     // Fixed: the full configuration has the route.
-    let mut command = Command::new(urbanflux_bin());
-    command
-        .arg("replay")
-        .arg("--config")
-        .arg(&stack.config)
-        .arg(&replayed);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("URBANFLUX") {
-            command.env_remove(key);
-        }
-    }
-    command.envs(stack.daemon_env(&stack.store.url()));
-    let out = run_with_timeout(&mut command, b"", Duration::from_secs(60));
+    let out = replay(&stack, &replayed);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -252,19 +232,7 @@ fn replay_dead_letters_again_what_is_still_rejected() {
         "detail": "spaces_occupied 12 exceeds spaces_operational 8",
     });
     std::fs::write(&file, format!("{line}\nnot json\n")).unwrap();
-    let mut command = Command::new(urbanflux_bin());
-    command
-        .arg("replay")
-        .arg("--config")
-        .arg(&stack.config)
-        .arg(&file);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("URBANFLUX") {
-            command.env_remove(key);
-        }
-    }
-    command.envs(stack.daemon_env(&stack.store.url()));
-    let out = run_with_timeout(&mut command, b"", Duration::from_secs(60));
+    let out = replay(&stack, &file);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert_eq!(

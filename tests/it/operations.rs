@@ -2,11 +2,12 @@
 //! runs, secrets from files.
 
 use std::process::Command;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::harness::fixtures;
-use crate::harness::{http_get, publish_all, Daemon, Stack, READY_TIMEOUT};
+use crate::harness::{
+    eventually, http_get, publish_all, request, Daemon, Reply, Stack, StoreFront, READY_TIMEOUT,
+};
 
 fn signal(daemon: &Daemon, sig: &str) {
     let status = Command::new("/bin/kill")
@@ -29,6 +30,13 @@ fn wait_for_series(stack: &Stack, selector: &str) {
     stack.store.wait_for_samples(selector, 1, READY_TIMEOUT);
 }
 
+/// Writes `config` over the stack's file, sends SIGHUP and waits for `outcome` in the log.
+fn reload(stack: &Stack, daemon: &mut Daemon, config: &str, outcome: &str) {
+    std::fs::write(&stack.config, config).unwrap();
+    signal(daemon, "HUP");
+    daemon.wait_for_log(outcome, READY_TIMEOUT);
+}
+
 #[test]
 fn sighup_applies_a_changed_rule_without_reconnecting_and_refuses_a_broken_file() {
     let stack = Stack::start();
@@ -46,9 +54,7 @@ fn sighup_applies_a_changed_rule_without_reconnecting_and_refuses_a_broken_file(
         text, changed,
         "the shipped config has no dpw namespace to change"
     );
-    std::fs::write(&stack.config, &changed).unwrap();
-    signal(&daemon, "HUP");
-    daemon.wait_for_log("configuration reloaded", READY_TIMEOUT);
+    reload(&stack, &mut daemon, &changed, "configuration reloaded");
     publish_all(stack.broker.port(), &[bin("HUP-2")]);
     wait_for_series(
         &stack,
@@ -56,13 +62,8 @@ fn sighup_applies_a_changed_rule_without_reconnecting_and_refuses_a_broken_file(
     );
 
     // A broken file is refused and changes nothing.
-    std::fs::write(
-        &stack.config,
-        changed.replacen("[mqtt]", "[mqtt]\nno_such_key = 1", 1),
-    )
-    .unwrap();
-    signal(&daemon, "HUP");
-    daemon.wait_for_log("reload refused", READY_TIMEOUT);
+    let broken = changed.replacen("[mqtt]", "[mqtt]\nno_such_key = 1", 1);
+    reload(&stack, &mut daemon, &broken, "reload refused");
     publish_all(stack.broker.port(), &[bin("HUP-3")]);
     wait_for_series(
         &stack,
@@ -112,8 +113,7 @@ fn metrics_are_served_and_move_under_load() {
     let mut messages: Vec<_> = good.iter().map(|f| f.message()).collect();
     messages.push(fixtures::bad_named("malformed-json").message());
     publish_all(stack.broker.port(), &messages);
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
+    let text = eventually(READY_TIMEOUT, "the counters to move", || {
         let text = scrape();
         let received = metric(&text, "urbanflux_readings_received_total", &[]);
         let written = metric(&text, "urbanflux_readings_written_total", &[]);
@@ -123,52 +123,81 @@ fn metrics_are_served_and_move_under_load() {
             &["reason=\"malformed_json\"", "city=\"paris\""],
         );
         if received >= 4.0 && written >= 4.0 && rejected >= 1.0 {
-            assert!(
-                metric(
-                    &text,
-                    "urbanflux_readings_received_total",
-                    &["city=\"sf\"", "domain=\"transport\"", "source=\"gbfs\""]
-                ) >= 2.0,
-                "{text}"
-            );
-            assert!(
-                text.contains("urbanflux_sink_write_seconds_bucket"),
-                "{text}"
-            );
-            assert!(text.contains("urbanflux_spool_bytes"), "{text}");
-            assert!(text.contains("urbanflux_ready 1"), "{text}");
-            // Bounded labels: never a topic or a sensor id.
-            assert!(
-                !text.contains("LC-03817") && !text.contains("paris/mobilite"),
-                "{text}"
-            );
-            break;
+            Ok(text)
+        } else {
+            Err(format!(
+                "received {received}, written {written}, rejected {rejected}\n{text}"
+            ))
         }
-        assert!(Instant::now() < deadline, "counters did not move: received {received}, written {written}, rejected {rejected}\n{text}");
-        thread::sleep(Duration::from_millis(200));
-    }
+    });
+    assert!(
+        metric(
+            &text,
+            "urbanflux_readings_received_total",
+            &["city=\"sf\"", "domain=\"transport\"", "source=\"gbfs\""]
+        ) >= 2.0,
+        "{text}"
+    );
+    assert!(
+        text.contains("urbanflux_sink_write_seconds_bucket"),
+        "{text}"
+    );
+    assert!(text.contains("urbanflux_spool_bytes"), "{text}");
+    assert!(text.contains("urbanflux_ready 1"), "{text}");
+    // Bounded labels: never a topic or a sensor id.
+    assert!(
+        !text.contains("LC-03817") && !text.contains("paris/mobilite"),
+        "{text}"
+    );
 }
 
 #[test]
 fn the_store_token_can_come_from_a_file_and_never_reaches_the_log() {
+    const TOKEN: &str = "s3cr3t-token-value";
     let stack = Stack::start();
+    // A store that checks the token: 401, as InfluxDB answers, unless it is the one in the file.
+    let front = StoreFront::start(stack.store.port(), |request, _| {
+        if request.header("Authorization") == Some(&format!("Token {TOKEN}")) {
+            Reply::Forward
+        } else {
+            let msg = r#"{"code":"unauthorized","message":"unauthorized access"}"#;
+            Reply::Answer(
+                401,
+                vec!["Content-Type: application/json".into()],
+                msg.into(),
+            )
+        }
+    });
+    let (unauthorised, _) =
+        request(front.port(), "POST", "/api/v2/write", "m f=1 1", &[]).expect("POST to the front");
+    assert_eq!(
+        unauthorised, 401,
+        "the front lets a write without token through"
+    );
+
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("influx-token");
-    std::fs::write(&token_file, "s3cr3t-token-value\n").unwrap();
-    let mut env = stack.daemon_env(&stack.store.url());
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let mut env = stack.daemon_env(&front.url());
     env.retain(|(k, _)| k != "URBANFLUX__INFLUX__TOKEN");
     env.push((
         "URBANFLUX__INFLUX__TOKEN_FILE".into(),
         token_file.display().to_string(),
     ));
     env.push(("URBANFLUX__LOG__LEVEL".into(), "debug".into()));
-    let mut daemon = Daemon::start(&stack.config, &env);
-    daemon.wait_until_ready();
+    let daemon = Daemon::start(&stack.config, &env);
     publish_all(stack.broker.port(), &[bin("TOKEN-1")]);
     wait_for_series(
         &stack,
         r#"{__name__="waste_container_fill_ratio",sensor_id="dpw-TOKEN-1"}"#,
     );
+    // The front's own probe above is the only request it refused.
+    let refused: Vec<_> = front
+        .requests()
+        .into_iter()
+        .filter(|r| r.status == 401)
+        .collect();
+    assert_eq!(refused.len(), 1, "writes without the token: {refused:#?}");
     assert!(
         !daemon.log().contains("s3cr3t"),
         "the token leaked into the log"
@@ -189,21 +218,20 @@ fn systemd_hears_ready_watchdog_reloading_and_stopping() {
     env.push(("NOTIFY_SOCKET".into(), path.display().to_string()));
     env.push(("WATCHDOG_USEC".into(), "1500000".into()));
     let mut daemon = Daemon::start(&stack.config, &env);
-    daemon.wait_until_ready();
 
     let mut heard: Vec<String> = Vec::new();
     let listen = |until: &str, heard: &mut Vec<String>| {
-        let deadline = Instant::now() + READY_TIMEOUT;
         let mut buf = [0u8; 512];
-        while !heard.iter().any(|m| m.contains(until)) {
-            assert!(
-                Instant::now() < deadline,
-                "no {until} from the daemon; heard {heard:?}"
-            );
+        eventually(READY_TIMEOUT, &format!("{until} from the daemon"), || {
             if let Ok(n) = socket.recv(&mut buf) {
                 heard.push(String::from_utf8_lossy(&buf[..n]).into_owned());
             }
-        }
+            if heard.iter().any(|m| m.contains(until)) {
+                Ok(())
+            } else {
+                Err(format!("heard {heard:?}"))
+            }
+        });
     };
     listen("READY=1", &mut heard);
     listen("WATCHDOG=1", &mut heard);

@@ -1,12 +1,11 @@
 //! The daemon end to end (mosquitto -> urbanflux -> VictoriaMetrics) and its one-shot commands.
 
 use std::fs;
-use std::process::Command;
 
 use crate::harness::fixtures::{self, Fixture};
 use crate::harness::{
-    compare_points, expected_samples, free_port, parse_line_protocol, publish_all,
-    run_with_timeout, test_config, urbanflux_bin, Point, Sample, Stack, CLI_TIMEOUT, STORE_TIMEOUT,
+    compare_points, expected_samples, free_port, normalise, parse_line_protocol, publish_all,
+    run_with_timeout, test_config, urbanflux, Point, Sample, Stack, CLI_TIMEOUT, STORE_TIMEOUT,
 };
 
 /// The sources the first version normalises; tests of the others come with them.
@@ -57,7 +56,7 @@ fn each_fixture_published_becomes_exactly_its_points_in_the_store() {
 fn nothing_is_lost_when_the_daemon_is_killed_before_the_store_accepted_a_batch() {
     let stack = Stack::start();
     let nowhere = format!("http://127.0.0.1:{}", free_port());
-    let mut doomed = stack.start_daemon_writing_to(&nowhere);
+    let mut doomed = stack.start_daemon_with(&[("URBANFLUX__INFLUX__URL", &nowhere)]);
     let fixtures = first_version_fixtures();
 
     publish_all(stack.broker.port(), &messages_of(&fixtures));
@@ -150,23 +149,6 @@ fn dead_letter_payload(record: &serde_json::Value) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 // `urbanflux normalise`
 
-/// Runs `urbanflux normalise` on the fixture's topic and payload.
-pub(crate) fn normalise(fixture: &Fixture) -> std::process::Output {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = test_config(dir.path());
-    let mut command = Command::new(urbanflux_bin());
-    command
-        .arg("normalise")
-        .arg("--config")
-        .arg(&config)
-        .arg("--topic")
-        .arg(&fixture.topic);
-    if let Some(received_at) = &fixture.received_at {
-        command.arg("--received-at").arg(received_at);
-    }
-    run_with_timeout(&mut command, &fixture.payload, CLI_TIMEOUT)
-}
-
 #[test]
 fn normalise_prints_the_expected_points_of_each_fixture() {
     let mut failures = Vec::new();
@@ -239,7 +221,7 @@ fn assert_normalise_rejects(fixture: &Fixture) {
 // `urbanflux check-config`
 
 fn check_config(config: &std::path::Path) -> std::process::Output {
-    let mut command = Command::new(urbanflux_bin());
+    let mut command = urbanflux();
     command.arg("check-config").arg("--config").arg(config);
     run_with_timeout(&mut command, b"", CLI_TIMEOUT)
 }

@@ -1,0 +1,191 @@
+//! A real mosquitto on a free loopback port, and the test's MQTT clients (a publisher and a
+//! `$SYS` reader).
+
+use std::fs;
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+
+use super::service::{installed, Launch, Service};
+use super::unique_id;
+
+const MOSQUITTO: &str = "/usr/sbin/mosquitto";
+/// How long mosquitto may take to accept connections after it was spawned.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a publisher waits for all its PUBACKs, and the `$SYS` reader for its figure.
+const MQTT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest MQTT packet the test publisher sends or accepts (the oversize fixture is 300 KiB).
+const MAX_PACKET_BYTES: usize = 1024 * 1024;
+
+/// A real mosquitto with persistence in its own temporary folder.
+pub struct Mosquitto {
+    service: Service,
+}
+
+impl Mosquitto {
+    pub fn start() -> Mosquitto {
+        installed(MOSQUITTO, "mosquitto");
+        let service = Service::on_free_port("mosquitto", |dir, port| {
+            let conf = dir.join("mosquitto.conf");
+            fs::write(&conf, config(dir, port)).expect("write mosquitto.conf");
+            let mut command = Command::new(MOSQUITTO);
+            command.arg("-c").arg(&conf);
+            // Our child must be the one listening, not another test's broker that took the port:
+            // mosquitto says which port it opened.
+            let opened = format!("listen socket on port {port}");
+            Launch {
+                command,
+                ready: Box::new(move |log| log.contains(&opened) && port_accepts(port)),
+                start_timeout: START_TIMEOUT,
+            }
+        });
+        Mosquitto { service }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.service.port()
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port())
+    }
+
+    /// Everything mosquitto logged since it was (re)started.
+    pub fn log(&self) -> String {
+        self.service.log()
+    }
+
+    /// Stops gracefully (persistent sessions are saved) and starts again on the same port with
+    /// the same persistence folder.
+    pub fn restart(&mut self) {
+        self.service.restart();
+    }
+
+    /// Messages the broker holds right now (`$SYS/broker/store/messages/count`): what its
+    /// clients have not acknowledged or not yet received, plus retained messages.
+    pub fn stored_messages(&self) -> u64 {
+        let port = self.port();
+        with_client("it-sys", port, 10, |client, mut eventloop| async move {
+            client
+                .subscribe("$SYS/broker/store/messages/count", QoS::AtMostOnce)
+                .await
+                .expect("subscribe to $SYS");
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        return String::from_utf8_lossy(&p.payload)
+                            .trim()
+                            .parse::<u64>()
+                            .unwrap_or(0)
+                    }
+                    Ok(_) => {}
+                    Err(e) => panic!("$SYS reader lost the broker on port {port}: {e}"),
+                }
+            }
+        })
+        .unwrap_or_else(|| panic!("broker on port {port} published no $SYS store count"))
+    }
+}
+
+fn config(dir: &Path, port: u16) -> String {
+    let mut text = format!(
+        "listener {port} 127.0.0.1\n\
+         allow_anonymous true\n\
+         max_inflight_messages 1000\n\
+         max_queued_messages 1000000\n\
+         persistence true\n\
+         persistence_location {}/\n\
+         sys_interval 1\n\
+         log_dest stderr\n",
+        dir.display()
+    );
+    if running_as_root() {
+        // As root mosquitto would drop to user `mosquitto`, who cannot write our tempdir.
+        text.push_str("user root\n");
+    }
+    text
+}
+
+fn port_accepts(port: u16) -> bool {
+    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok()
+}
+
+fn running_as_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with("Uid:"))
+                .map(|line| line.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Runs `talk` with a fresh clean-session client on a current-thread runtime; None if it did
+/// not finish within [`MQTT_TIMEOUT`].
+fn with_client<T, F: std::future::Future<Output = T>>(
+    prefix: &str,
+    port: u16,
+    capacity: usize,
+    talk: impl FnOnce(AsyncClient, EventLoop) -> F,
+) -> Option<T> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime for a test MQTT client");
+    runtime.block_on(async {
+        let mut options = MqttOptions::new(unique_id(prefix), "127.0.0.1", port);
+        options.set_clean_session(true);
+        options.set_keep_alive(Duration::from_secs(30));
+        options.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+        let (client, eventloop) = AsyncClient::new(options, capacity);
+        tokio::time::timeout(MQTT_TIMEOUT, talk(client, eventloop))
+            .await
+            .ok()
+    })
+}
+
+/// Publishes every message at QoS 1, in order, from one clean-session client with a unique id,
+/// and returns once the broker sent a PUBACK for each (panics after [`MQTT_TIMEOUT`]).
+pub fn publish_all<T: AsRef<str>, P: AsRef<[u8]>>(port: u16, messages: &[(T, P)]) {
+    let mut acked = 0;
+    let acked_ref = &mut acked;
+    let done = with_client(
+        "it-pub",
+        port,
+        messages.len() + 10,
+        |client, mut eventloop| async move {
+            for (topic, payload) in messages {
+                client
+                    .publish(
+                        topic.as_ref(),
+                        QoS::AtLeastOnce,
+                        false,
+                        payload.as_ref().to_vec(),
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("queue a publish on {}: {e}", topic.as_ref()));
+            }
+            while *acked_ref < messages.len() {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => *acked_ref += 1,
+                    Ok(_) => {}
+                    Err(e) => panic!("test publisher lost the broker on port {port}: {e}"),
+                }
+            }
+            // Say goodbye politely; whether the DISCONNECT leaves in time does not matter.
+            let _ = client.disconnect().await;
+            let _ = tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
+        },
+    );
+    assert!(
+        done.is_some(),
+        "broker on port {port} acknowledged {acked} of {} messages within {MQTT_TIMEOUT:?}",
+        messages.len()
+    );
+}
