@@ -12,7 +12,6 @@
 //! `shutdown.drain_timeout`, and the MQTT event loop stops last, so the acks leave.
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,7 +37,7 @@ pub async fn run(
     config: PathBuf,
     settings: Settings,
     log: logging::LevelHandle,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<()> {
     let sinks: Vec<Box<dyn Sink>> = vec![Box::new(InfluxSink::new(&settings.influx)?)];
     let shutdown = CancellationToken::new();
     let telemetry = Arc::new(Telemetry::default());
@@ -79,8 +78,7 @@ pub async fn run(
     if let Some(interval) = systemd::watchdog_interval() {
         tokio::spawn(feed_watchdog(interval, telemetry.clone(), shutdown.clone()));
     }
-    pipeline(settings, rules_rx, sinks, telemetry, events, shutdown).await?;
-    Ok(ExitCode::SUCCESS)
+    pipeline(settings, rules_rx, sinks, telemetry, events, shutdown).await
 }
 
 /// Runs the stages until `shutdown` is cancelled, then drains. Returns an error on a fault that
@@ -103,7 +101,12 @@ pub(crate) async fn pipeline(
         segment_bytes: settings.spool.segment_bytes,
     })
     .map_err(|e| state_error("spool", &settings.state_dir, e))?;
-    telemetry.spool_opened(&spool_dir, &report);
+    telemetry.spool_opened(
+        &spool_dir,
+        report.segments,
+        report.pending_bytes,
+        report.truncated_bytes,
+    );
     let (delivery_tx, delivery_rx) = mpsc::unbounded_channel();
     let max_inflight = usize::from(settings.mqtt.max_inflight.get());
     let (normalised_tx, normalised_rx) = mpsc::channel(max_inflight);
@@ -192,7 +195,7 @@ fn state_error(what: &str, dir: &Path, e: std::io::Error) -> anyhow::Error {
     )
 }
 
-pub(crate) fn open_dead_letters(dir: &Path) -> anyhow::Result<DeadLetters> {
+fn open_dead_letters(dir: &Path) -> anyhow::Result<DeadLetters> {
     DeadLetters::open(dir).map_err(|e| state_error("dead-letter file", dir, e))
 }
 
@@ -278,7 +281,8 @@ async fn reload_on_sighup(
 /// `urbanflux replay`: dead letters again through the current rules into the store.
 pub async fn replay(settings: &Settings, files: &[PathBuf]) -> anyhow::Result<replay::Summary> {
     let mut sink = InfluxSink::new(&settings.influx)?;
-    replay::run(settings, files, &mut sink, true).await
+    let mut dead = open_dead_letters(&settings.state_dir)?;
+    replay::run(settings, files, &mut sink, &mut dead, true).await
 }
 
 /// Normalises one payload exactly as the daemon does, for `urbanflux normalise`: the line

@@ -77,6 +77,26 @@ fn refs(lines: &[String]) -> Vec<(usize, &str)> {
         .collect()
 }
 
+/// `deliver` with the default limits and no deadline.
+async fn deliver_all(
+    sink: &mut Scripted,
+    lines: &[String],
+    t: &Telemetry,
+) -> Result<Vec<RefusedLine>, Abandoned> {
+    deliver(sink, &refs(lines), &limits(), t, &CancellationToken::new()).await
+}
+
+/// The lines of the bodies the sink took, in the order it took them.
+fn lines_taken(calls: &Calls, took: impl Fn(&str) -> bool) -> Vec<String> {
+    calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, body)| took(body))
+        .flat_map(|(_, body)| body.lines().map(str::to_string).collect::<Vec<_>>())
+        .collect()
+}
+
 fn retry(after: Option<Duration>) -> Result<(), SinkError> {
     Err(SinkError::Retry {
         message: "store answered 503".into(),
@@ -89,14 +109,7 @@ async fn a_retry_after_is_waited_exactly_then_the_same_body_is_sent() {
     let (mut sink, calls) = Scripted::new(vec![retry(Some(Duration::from_secs(7)))]);
     let l = lines(3);
     let t = Telemetry::default();
-    let refused = deliver(
-        &mut sink,
-        &refs(&l),
-        &limits(),
-        &t,
-        &CancellationToken::new(),
-    )
-    .await;
+    let refused = deliver_all(&mut sink, &l, &t).await;
     assert_eq!(refused, Ok(vec![]));
     let calls = calls.lock().unwrap();
     assert_eq!(calls.len(), 2);
@@ -145,25 +158,11 @@ async fn a_400_is_bisected_down_to_the_one_refused_line_and_the_rest_is_written_
     });
     let l = lines(8);
     let t = Telemetry::default();
-    let refused = deliver(
-        &mut sink,
-        &refs(&l),
-        &limits(),
-        &t,
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let refused = deliver_all(&mut sink, &l, &t).await.unwrap();
     assert_eq!(refused.len(), 1);
     assert_eq!((refused[0].record, refused[0].line), (5, 5));
     assert!(refused[0].error.to_string().contains("field type conflict"));
-    let written: Vec<String> = calls
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(_, b)| !b.contains("sensor_id=s5 "))
-        .flat_map(|(_, b)| b.lines().map(str::to_string).collect::<Vec<_>>())
-        .collect();
+    let written = lines_taken(&calls, |b| !b.contains("sensor_id=s5 "));
     let expected: Vec<String> = l.iter().filter(|x| !x.contains("s5 ")).cloned().collect();
     assert_eq!(written, expected);
 }
@@ -181,23 +180,9 @@ async fn a_413_splits_the_batch_until_it_fits_and_nothing_is_refused() {
     });
     let l = lines(7);
     let t = Telemetry::default();
-    let refused = deliver(
-        &mut sink,
-        &refs(&l),
-        &limits(),
-        &t,
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let refused = deliver_all(&mut sink, &l, &t).await.unwrap();
     assert!(refused.is_empty());
-    let taken: Vec<String> = calls
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(_, b)| b.lines().count() <= 2)
-        .flat_map(|(_, b)| b.lines().map(str::to_string).collect::<Vec<_>>())
-        .collect();
+    let taken = lines_taken(&calls, |b| b.lines().count() <= 2);
     assert_eq!(taken, l);
 }
 

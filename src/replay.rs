@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use crate::deadletter::{self, Letter};
+use crate::deadletter::{self, DeadLetters, Letter};
 use crate::lineproto;
 use crate::model::{Message, RejectCode};
 use crate::normalise::Normaliser;
@@ -78,6 +78,7 @@ pub(crate) async fn run(
     settings: &Settings,
     files: &[PathBuf],
     sink: &mut dyn Sink,
+    dead: &mut DeadLetters,
     progress: bool,
 ) -> anyhow::Result<Summary> {
     let mut summary = Summary::default();
@@ -101,7 +102,6 @@ pub(crate) async fn run(
     let mut seen = std::collections::HashSet::new();
     entries.retain(|e| seen.insert((e.time, e.topic.clone(), e.payload.clone())));
     let normaliser = Normaliser::new(settings);
-    let mut dead = crate::app::open_dead_letters(&settings.state_dir)?;
     summary.messages = entries.len();
     let bar = if progress {
         indicatif::ProgressBar::new(entries.len() as u64)
@@ -196,7 +196,6 @@ async fn write(sink: &mut dyn Sink, body: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deadletter::DeadLetters;
     use crate::model::Reject;
     use crate::settings::DEFAULT_CONFIG;
     use crate::sink::file::FileSink;
@@ -228,7 +227,10 @@ mod tests {
             std::fs::rename(d.path(), &input).unwrap();
         }
         let mut sink = FileSink::new(dir.path().join("points"));
-        let s = run(&settings, &[input], &mut sink, false).await.unwrap();
+        let mut dead = DeadLetters::open(&settings.state_dir).unwrap();
+        let s = run(&settings, &[input], &mut sink, &mut dead, false)
+            .await
+            .unwrap();
         assert_eq!(
             (s.entries, s.messages, s.partly, s.written),
             (2, 1, 1, 1),

@@ -12,7 +12,6 @@ use super::metrics as m;
 use super::{slot, source_label, Telemetry, CITIES, DOMAINS};
 use crate::model::{Reject, RejectCode};
 use crate::schema::SOURCES;
-use crate::spool::OpenReport;
 
 /// Why a store write will be tried again (the `kind` label of the retry counter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,15 +138,21 @@ impl Telemetry {
 
     // ---- spool -------------------------------------------------------------------------------
 
-    pub(crate) fn spool_opened(&self, dir: &Path, report: &OpenReport) {
-        if report.truncated_bytes > 0 {
+    pub(crate) fn spool_opened(
+        &self,
+        dir: &Path,
+        segments: usize,
+        pending_bytes: u64,
+        truncated_bytes: u64,
+    ) {
+        if truncated_bytes > 0 {
             metrics::counter!(m::SPOOL_TRUNCATIONS).increment(1);
             error!(
-                bytes = report.truncated_bytes,
+                bytes = truncated_bytes,
                 "spool: truncated a torn tail on open"
             );
         }
-        info!(dir = %dir.display(), segments = report.segments, pending_bytes = report.pending_bytes, "spool open");
+        info!(dir = %dir.display(), segments, pending_bytes, "spool open");
     }
 
     pub(crate) fn spool_full(&self, spool_bytes: u64, max_bytes: u64) {

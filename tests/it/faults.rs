@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::harness::{
     eventually, free_port, http_get, publish_all, Reply, Sample, Stack, StoreFront, READY_TIMEOUT,
@@ -324,4 +324,30 @@ fn readyz_says_why_while_the_store_is_down_and_recovers_with_it() {
     stack.store.restart();
     assert_store_holds_bins(&stack, 10);
     ready_becomes(&stack, 200, "/readyz to say 200 once the store came back");
+}
+
+#[test]
+fn sigterm_with_a_full_spool_and_the_store_down_exits_within_the_drain_timeout() {
+    let mut stack = Stack::start();
+    stack.store.stop();
+    let mut daemon = stack.start_daemon_with(&[
+        ("URBANFLUX__SPOOL__MAX_BYTES", "8KiB"),
+        ("URBANFLUX__SPOOL__SEGMENT_BYTES", "4KiB"),
+        ("URBANFLUX__SHUTDOWN__DRAIN_TIMEOUT", "2s"),
+    ]);
+    publish_all(stack.broker.port(), &bin_messages(0, 200));
+    daemon.wait_for_log("spool full", READY_TIMEOUT);
+    let asked = Instant::now();
+    let status = daemon.terminate();
+    let took = asked.elapsed();
+    assert!(status.success(), "exit status {status:?}\n{}", daemon.log());
+    // drain_timeout, plus the MQTT goodbye (at most 2 s), plus process exit.
+    assert!(
+        took < Duration::from_secs(5),
+        "SIGTERM took {took:?} to stop the daemon"
+    );
+    // What was not acknowledged stays with the broker, what was stays in the spool.
+    stack.store.restart();
+    let _daemon = stack.start_daemon();
+    assert_store_holds_bins(&stack, 200);
 }

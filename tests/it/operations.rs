@@ -1,22 +1,12 @@
 //! Operating the daemon: SIGHUP reload without dropping the MQTT session, /metrics while it
 //! runs, secrets from files.
 
-use std::process::Command;
 use std::time::Duration;
 
 use crate::harness::fixtures;
 use crate::harness::{
     eventually, http_get, publish_all, request, Daemon, Reply, Stack, StoreFront, READY_TIMEOUT,
 };
-
-fn signal(daemon: &Daemon, sig: &str) {
-    let status = Command::new("/bin/kill")
-        .arg(format!("-{sig}"))
-        .arg(daemon.pid().to_string())
-        .status()
-        .expect("run /bin/kill");
-    assert!(status.success(), "kill -{sig} {}", daemon.pid());
-}
 
 fn bin(id: &str) -> (String, Vec<u8>) {
     (
@@ -33,7 +23,7 @@ fn wait_for_series(stack: &Stack, selector: &str) {
 /// Writes `config` over the stack's file, sends SIGHUP and waits for `outcome` in the log.
 fn reload(stack: &Stack, daemon: &mut Daemon, config: &str, outcome: &str) {
     std::fs::write(&stack.config, config).unwrap();
-    signal(daemon, "HUP");
+    daemon.signal("HUP");
     daemon.wait_for_log(outcome, READY_TIMEOUT);
 }
 
@@ -235,7 +225,7 @@ fn systemd_hears_ready_watchdog_reloading_and_stopping() {
     };
     listen("READY=1", &mut heard);
     listen("WATCHDOG=1", &mut heard);
-    signal(&daemon, "HUP");
+    daemon.signal("HUP");
     listen("RELOADING=1", &mut heard);
     let status = daemon.terminate();
     assert!(status.success());

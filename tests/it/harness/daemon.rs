@@ -114,6 +114,16 @@ impl Daemon {
         });
     }
 
+    /// Sends a signal (`HUP`, `TERM`, ...) without waiting for anything.
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("/bin/kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run /bin/kill");
+        assert!(status.success(), "kill -{sig} {}", self.pid());
+    }
+
     /// SIGKILL: no shutdown code runs, nothing is flushed or acknowledged on the way out.
     pub fn kill(&mut self) {
         self.service.kill();
