@@ -263,6 +263,60 @@ impl MeasurementSpec {
 }
 
 /// A sensor id is `<ns>-<native id>` with characters `[A-Za-z0-9._:@/-]`, at most 128.
+/// Tags every point carries (DATAMODEL.md 2.3); `sensor_id` is checked on its own.
+pub const ALWAYS_TAGS: [&str; 4] = ["city", "domain", "kind", "source"];
+
+/// Tags a measurement requires besides [`ALWAYS_TAGS`] and `sensor_id` (DATAMODEL.md 2.3).
+pub fn required_tags(spec: &MeasurementSpec) -> &'static [&'static str] {
+    match (spec.domain, spec.name) {
+        ("waste", _) => &["waste_stream"],
+        (_, "traffic") => &["vehicle_class"],
+        (_, "transit") => &["route_id"],
+        _ => &[],
+    }
+}
+
+/// An inclusive range of degrees.
+pub type Span = (f64, f64);
+
+/// A generous box around each city (lat, lon ranges): Ile-de-France for Paris, the Bay Area
+/// for San Francisco. A valid position outside is accepted with a warning (DATAMODEL.md 2.5).
+pub const CITY_BOXES: [(&str, Span, Span); 2] = [
+    ("paris", (48.0, 49.3), (1.4, 3.6)),
+    ("sf", (37.0, 38.4), (-123.2, -121.5)),
+];
+
+/// The box of `city`, if it has one.
+pub fn city_box(city: &str) -> Option<(Span, Span)> {
+    CITY_BOXES
+        .iter()
+        .find(|(c, _, _)| *c == city)
+        .map(|(_, lat, lon)| (*lat, *lon))
+}
+
+/// The field a SenML record the rule does not name maps to by its unit (DATAMODEL.md 3):
+/// `%EL` is the battery, `lat`/`lon` the position, and otherwise the only numeric field of the
+/// measurement (device-health fields aside) whose quantity the unit converts into. Units of
+/// counts, durations, angles and %RH (no canonical humidity) map to nothing: too ambiguous.
+pub fn field_for_unit(spec: &MeasurementSpec, unit: &str) -> Option<&'static FieldSpec> {
+    match unit {
+        "%EL" => return spec.field("battery_ratio"),
+        "lat" | "lon" => return spec.field(unit),
+        "" | "1" | "count" | "%RH" | "EL" | "s" | "min" | "h" | "ms" | "deg" | "rad" | "dB"
+        | "dBm" | "dBW" => return None,
+        _ => {}
+    }
+    let mut found = spec.fields.iter().filter(|f| {
+        matches!(f.ty, FieldType::Int | FieldType::Float(_))
+            && !matches!(f.name, "lat" | "lon")
+            && crate::units::is_known(f.name, unit)
+    });
+    match (found.next(), found.next()) {
+        (Some(f), None) => Some(f),
+        _ => None,
+    }
+}
+
 pub fn valid_sensor_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
@@ -419,6 +473,14 @@ impl PointBuilder {
         Ok(self)
     }
 
+    pub fn has_field(&self, field: &str) -> bool {
+        self.fields.iter().any(|(k, _)| *k == field)
+    }
+
+    pub fn has_tag(&self, tag: &str) -> bool {
+        self.tags.iter().any(|(k, v)| *k == tag && !v.is_empty())
+    }
+
     pub fn has_fields(&self) -> bool {
         !self.fields.is_empty()
     }
@@ -443,18 +505,18 @@ impl PointBuilder {
             }
             Some(_) => {}
         }
-        for required in ["city", "domain", "kind", "source"] {
+        for required in ALWAYS_TAGS.iter().chain(required_tags(self.spec)) {
             if get(required).is_none_or(|v| v.is_empty()) {
                 return Err(Reject::new(
-                    RejectCode::MalformedPayload,
-                    format!("required tag {required} is missing"),
+                    RejectCode::MissingTag,
+                    format!("required tag {required} of {} is missing", self.spec.name),
                 ));
             }
         }
         if self.fields.is_empty() {
             return Err(Reject::new(
-                RejectCode::MalformedPayload,
-                "no canonical field could be read",
+                RejectCode::NoCanonicalField,
+                "no value of the payload maps to a canonical field",
             ));
         }
         self.check_counts()?;

@@ -207,6 +207,9 @@ impl Rule {
             "topic",
             "decoder",
             "source",
+            "when",
+            "embedded_json",
+            "identity",
             "each",
             "distinct",
             "columns",
@@ -268,6 +271,11 @@ impl Rule {
             .transpose()?;
 
         let require = compile_require(&r)?;
+        let when = r
+            .str("when")?
+            .map(|p| PathAlt::parse(p, &|_| None).map_err(path_err(r.sub("when"))))
+            .transpose()?;
+        let identity = compile_identity(&r)?;
 
         let tags = compile_tags(&r, bindings)?;
 
@@ -305,6 +313,7 @@ impl Rule {
         };
 
         let fields = compile_fields(&r, spec, bindings)?;
+        let named = named_records(&fields);
 
         let time = match r.table("time")? {
             None => {
@@ -322,13 +331,16 @@ impl Rule {
             topics,
             decoder,
             source: source.to_string(),
+            when,
             each,
             distinct,
             require,
+            identity,
             lookups,
             tags,
             fields,
             time,
+            named,
             city,
         })
     }
@@ -341,8 +353,22 @@ impl Rule {
 /// `decoder`, with the CSV column layout.
 fn compile_decoder(r: &Tbl) -> Result<Decoder, ConfigError> {
     let decoder_name = r.req_str("decoder", "use one of json, senml, lp, plain, csv")?;
+    let embedded = r.strings("embedded_json")?;
+    if embedded.is_some() && decoder_name != "json" {
+        return Err(cfg(
+            r.sub("embedded_json"),
+            "embedded_json only applies to decoder = \"json\"",
+            "remove it",
+        ));
+    }
     let decoder = match decoder_name {
-        "json" => Decoder::Json,
+        "json" => Decoder::Json(
+            embedded
+                .unwrap_or_default()
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+        ),
         "senml" => Decoder::Senml,
         "lp" => Decoder::Lp,
         "plain" => Decoder::Plain,
@@ -432,8 +458,51 @@ fn compile_lookups(
     Ok((lookups, lookup_names))
 }
 
-/// `[route.require]`: paths whose absence refuses the message with a code.
-fn compile_require(r: &Tbl) -> Result<Vec<(Path, RejectCode)>, ConfigError> {
+/// `[route.identity]`: `"payload path or template" = "template of what the operator controls"`.
+fn compile_identity(r: &Tbl) -> Result<Vec<(Template, Template)>, ConfigError> {
+    let mut out = Vec::new();
+    let Some(t) = r.table("identity")? else {
+        return Ok(out);
+    };
+    let no_bindings = |_: &str| None;
+    for (left, right) in t.t {
+        let k = t.sub(left);
+        let left_text = if left.contains('{') {
+            left.clone()
+        } else {
+            format!("{{{left}}}")
+        };
+        let left = Template::parse(&left_text, &no_bindings).map_err(path_err(k.clone()))?;
+        let right = right.as_str().ok_or_else(|| {
+            cfg(
+                &k,
+                "expected a template",
+                "write e.g. \"deviceInfo.devEui\" = \"{$topic[3]}\"",
+            )
+        })?;
+        let right = Template::parse(right, &no_bindings).map_err(path_err(k))?;
+        out.push((left, right));
+    }
+    Ok(out)
+}
+
+/// The first keys of the item paths that fields read (SenML record names).
+fn named_records(fields: &[FieldRule]) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in fields {
+        if let Source::Path(alt) = &f.source {
+            for p in &alt.0 {
+                if let (path::Root::Item, Some(path::Step::Key(k))) = (&p.root, p.steps.first()) {
+                    out.push(k.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `[route.require]`: paths (or alternatives) whose absence refuses the message with a code.
+fn compile_require(r: &Tbl) -> Result<Vec<(PathAlt, RejectCode)>, ConfigError> {
     let mut require = Vec::new();
     if let Some(req) = r.table("require")? {
         for (p, code) in req.t {
@@ -449,7 +518,7 @@ fn compile_require(r: &Tbl) -> Result<Vec<(Path, RejectCode)>, ConfigError> {
                         format!("use one of: {}", codes.join(", ")),
                     )
                 })?;
-            let path = Path::parse(p, &|_| None).map_err(path_err(k))?;
+            let path = PathAlt::parse(p, &|_| None).map_err(path_err(k))?;
             require.push((path, *code));
         }
     }

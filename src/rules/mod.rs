@@ -61,13 +61,20 @@ pub struct Rule {
     pub topics: Vec<String>,
     pub decoder: Decoder,
     pub source: String,
+    /// The rule reads only documents where this path is present; otherwise the next rule for
+    /// the topic is tried (ChirpStack v3 and v4 share their topics).
+    pub when: Option<PathAlt>,
     each: Option<Path>,
     distinct: Option<Template>,
-    require: Vec<(Path, RejectCode)>,
+    require: Vec<(PathAlt, RejectCode)>,
+    /// (payload value, what the operator controls): a payload that says otherwise is refused.
+    identity: Vec<(Template, Template)>,
     lookups: Vec<Lookup>,
     tags: Vec<TagRule>,
     fields: Vec<FieldRule>,
     time: TimeRule,
+    /// SenML record names the fields read; the other records are mapped by their unit.
+    named: Vec<String>,
     /// The city when the rule fixes it (for counting rejects of messages it cannot read).
     pub city: Option<String>,
 }
@@ -173,6 +180,23 @@ struct TimeRule {
     received: bool,
 }
 
+impl Rule {
+    /// True when the rule reads this decoded document (its `when` path, if any, is present).
+    pub fn accepts(&self, doc: &serde_json::Value, topic: &str) -> bool {
+        let Some(when) = &self.when else {
+            return true;
+        };
+        let levels: Vec<&str> = topic.split('/').collect();
+        let scope = path::Scope {
+            message: doc,
+            item: doc,
+            topic: &levels,
+            bindings: &[],
+        };
+        when.first(&scope).is_some()
+    }
+}
+
 /// MQTT topic filter matching: `+` one level, `#` the rest (including none).
 pub fn topic_matches(filter: &str, topic: &str) -> bool {
     let mut f = filter.split('/');
@@ -190,3 +214,5 @@ pub fn topic_matches(filter: &str, topic: &str) -> bool {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_real;
