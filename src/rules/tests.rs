@@ -484,7 +484,7 @@ fn a_payload_of_the_wrong_shape_is_malformed_not_silently_empty() {
 fn a_utf8_byte_order_mark_is_tolerated() {
     let o = run(
         "sf/dpw/bins/LC-1",
-        "\u{feff}{\"device_id\":\"LC-1\",\"timestamp\":\"2025-03-14T16:05:12Z\",\"fullness_pct\":70,\"stream\":\"landfill\"}",
+        "\u{feff}{\"device_id\":\"LC-1\",\"timestamp\":\"2025-03-14T16:05:12Z\",\"fullness_pct\":70}",
     );
     assert!(o.rejects.is_empty(), "{:?}", o.rejects);
 }

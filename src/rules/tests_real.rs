@@ -244,7 +244,7 @@ fn a_rule_that_sets_no_required_tag_is_refused_per_reading_not_written() {
 }
 
 #[test]
-fn shipped_rules_refuse_a_vehicle_without_route_and_a_bin_without_stream() {
+fn shipped_rules_refuse_a_vehicle_without_route_and_a_truck_lift_without_stream() {
     let o = run(
         "sf/sfmta/gtfs-rt/vehicle-positions",
         r#"{"header":{"timestamp":"1741963312"},"entity":[{"id":"1","vehicle":{
@@ -259,11 +259,17 @@ fn shipped_rules_refuse_a_vehicle_without_route_and_a_bin_without_stream() {
         o.rejects
     );
     let o = run(
+        "sf/recology/trucks/RT-1",
+        r#"{"truck":"RT-1","ts":"2025-03-14 07:12:40","tz":"America/Los_Angeles","event":"lift","scale":{"net_lb":40}}"#,
+    );
+    assert_eq!(codes(&o), vec![RejectCode::MissingTag]);
+    assert!(o.rejects[0].detail.contains("{container.type}"), "{:?}", o.rejects);
+    // a public can that names no stream is a landfill can: the rule declares it
+    let o = run(
         "sf/dpw/bins/LC-1",
         r#"{"device_id":"LC-1","timestamp":"2025-03-14T16:05:12Z","fullness_pct":70}"#,
     );
-    assert_eq!(codes(&o), vec![RejectCode::MissingTag]);
-    assert!(o.rejects[0].detail.contains("{stream}"), "{:?}", o.rejects);
+    assert_eq!(o.readings[0].tag("waste_stream"), Some("residual"));
 }
 
 #[test]
