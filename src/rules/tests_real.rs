@@ -263,7 +263,11 @@ fn shipped_rules_refuse_a_vehicle_without_route_and_a_truck_lift_without_stream(
         r#"{"truck":"RT-1","ts":"2025-03-14 07:12:40","tz":"America/Los_Angeles","event":"lift","scale":{"net_lb":40}}"#,
     );
     assert_eq!(codes(&o), vec![RejectCode::MissingTag]);
-    assert!(o.rejects[0].detail.contains("{container.type}"), "{:?}", o.rejects);
+    assert!(
+        o.rejects[0].detail.contains("{container.type}"),
+        "{:?}",
+        o.rejects
+    );
     // a public can that names no stream is a landfill can: the rule declares it
     let o = run(
         "sf/dpw/bins/LC-1",

@@ -12,3 +12,4 @@ mod harness;
 mod normalisation;
 mod operations;
 mod pipeline;
+mod real_payloads;
