@@ -672,6 +672,27 @@ fn no_payload_value_moves_a_reading_to_the_other_city() {
     assert_eq!(o.readings[0].tag("city"), Some("paris"));
 }
 
+#[test]
+fn a_rule_can_refuse_a_payload_whose_city_contradicts_its_topic() {
+    let text = format!(
+        "{DEFAULT_CONFIG}\n[[route]]\ntopic = \"paris/test/+\"\ndecoder = \"json\"\nsource = \"vendor_webhook\"\n\
+         [route.identity]\ncity = \"paris\"\n[route.tags]\ncity = \"paris\"\nkind = \"meter\"\n\
+         sensor_id = \"t-{{$topic[2]}}\"\n[route.fields]\nvolume_m3 = \"v\"\n[route.time]\npath = \"ts\"\n"
+    );
+    let n = Normaliser::new(&Settings::from_toml(&text).unwrap());
+    let msg = |city: &str| Message {
+        topic: "paris/test/1".into(),
+        payload: format!(r#"{{"city":"{city}","v":1,"ts":"2025-03-14T09:00:00Z"}}"#).into_bytes(),
+        received_at: at("2025-03-14T10:00:00Z"),
+    };
+    let now = at("2025-12-01T00:00:00Z");
+    assert!(n.normalise(&msg("Paris"), now).rejects.is_empty());
+    let o = n.normalise(&msg("sf"), now);
+    assert_eq!(codes(&o), vec![RejectCode::MalformedPayload]);
+    assert!(o.readings.is_empty());
+    assert!(o.rejects[0].detail.contains("\"sf\""), "{:?}", o.rejects);
+}
+
 // ---- 7. ChirpStack v3 and ThingPark ------------------------------------------------------------
 
 #[test]
@@ -695,6 +716,16 @@ fn chirpstack_v3_uplinks_are_read_with_base64_ids_and_object_json() {
     assert_eq!(
         field(&o.readings[0], "snr_db"),
         Some(&FieldValue::Float(7.3))
+    ); // neither shape: the first rule (v4) judges it
+    let o = run(
+        "application/7b2f/device/24e124713c181234/event/up",
+        r#"{"time":"2025-03-14T08:15:02Z"}"#,
+    );
+    assert_eq!(codes(&o), vec![RejectCode::MissingDecodedPayload]);
+    assert!(
+        o.rejects[0].detail.contains("field object"),
+        "{:?}",
+        o.rejects
     );
 }
 
@@ -756,4 +787,48 @@ fn every_city_box_holds_its_city() {
         assert!((a..=b).contains(&lat) && (c..=d).contains(&lon), "{city}");
     }
     assert!(schema::city_box("lyon").is_none());
+}
+
+// ---- the new rule keys are checked at load ------------------------------------------------------
+
+#[test]
+fn mistakes_in_the_new_rule_keys_name_their_key() {
+    let base = "[[route]]\ntopic = \"x/+\"\ndecoder = \"json\"\nsource = \"vendor_webhook\"\n\
+                [route.tags]\ncity = \"sf\"\nkind = \"meter\"\nsensor_id = \"m-{id}\"\n\
+                [route.fields]\nvolume_m3 = \"v\"\n[route.time]\npath = \"ts\"\n";
+    let registry = Registry::from_toml(crate::registry::DEFAULT_REGISTRY).unwrap();
+    let compile = |text: &str| {
+        let doc: toml::Table = toml::from_str(text).unwrap();
+        Rule::compile(0, &doc["route"][0], &registry)
+    };
+    let cases = [
+        (
+            base.replace(
+                "decoder = \"json\"",
+                "decoder = \"lp\"\nembedded_json = [\"o\"]",
+            ),
+            "route[0].embedded_json",
+        ),
+        (
+            base.replace("source = ", "when = \"a..b\"\nsource = "),
+            "route[0].when",
+        ),
+        (
+            format!("{base}[route.identity]\n\"a.b\" = 3\n"),
+            "route[0].identity.a.b",
+        ),
+        (
+            format!("{base}[route.identity]\n\"a.b\" = \"{{$topic}}\"\n"),
+            "route[0].identity.a.b",
+        ),
+    ];
+    for (text, key) in cases {
+        let e = compile(&text).unwrap_err();
+        assert_eq!(e.key, key, "{e}");
+    }
+    let ok = format!(
+        "{}[route.identity]\n\"{{id:base64_hex}}\" = \"{{$topic[1]:before(@)}}\"\n",
+        base.replace("source = ", "when = \"id | x\"\nsource = ")
+    );
+    assert!(compile(&ok).is_ok());
 }
