@@ -3,7 +3,7 @@
 //!
 //! | decoder | document | elements a rule iterates by default |
 //! |---|---|---|
-//! | `json` | the JSON value (a UTF-8 BOM is tolerated) | the whole document |
+//! | `json` | the JSON value (a UTF-8 BOM is tolerated; `embedded_json` keys holding JSON text are read as their value) | the whole document |
 //! | `senml` | `{"groups": [...]}` records of one device and time, see [`senml`] | `groups[*]` |
 //! | `lp` | `{"lines": [...]}` InfluxDB line protocol, see [`lp`] | `lines[*]` |
 //! | `csv` | `{"rows": [...]}` named columns, see [`csv`] | `rows[*]` |

@@ -2,7 +2,8 @@
 //! are not registered for SenML (there is none for degF, gallons or mph: the pack is refused
 //! whole rather than written in part), and groups the records of one device and one time into
 //! one element for rules: `{"groups": [{"_bn": "QS-0417", "_time_ms": 1741939200000,
-//! "pressure": {"v": 412500, "u": "Pa"}, ...}]}`.
+//! "pressure": {"v": 412500, "u": "Pa"}, ...}]}`. Records without a name (a pack named only by
+//! its base name, RFC 8428 5.1.1) are listed under `_unnamed`; rules map them by their unit.
 
 use serde_json::{Map, Value};
 

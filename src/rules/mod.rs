@@ -18,10 +18,16 @@
 //! (every error names its key), `apply` runs them; [`path`], [`template`] and [`expr`] are the
 //! three small languages.
 //!
-//! Validation order for one reading: tags (city, kind, sensor id), fields read from the payload
-//! (type, unit, enumeration, range, and `spaces_occupied <= spaces_operational` as soon as both
-//! are known), constants, derived fields, then the time (format, zone, window). The first error
-//! rejects the reading; other elements of the same message are judged on their own.
+//! Per message first: identity (a payload naming another device or application than its topic
+//! is refused), then the required paths (`missing_decoded_payload`). Validation order for one
+//! reading: tags (city, kind, sensor id, then the tags the measurement requires: `missing_tag`,
+//! or `unknown_device` when the registry lookup that should say the city or kind found nothing),
+//! fields read from the payload (type, unit, enumeration, range, and `spaces_occupied <=
+//! spaces_operational` as soon as both are known), constants, derived fields, SenML records
+//! mapped by their unit, then the time (format, zone, window). The first error rejects the
+//! reading; other elements of the same message are judged on their own. A reading without any
+//! canonical field is `no_canonical_field`; one whose position is outside its city's box is
+//! kept with a warning.
 
 mod apply;
 pub mod compile;
