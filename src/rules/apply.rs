@@ -161,12 +161,11 @@ impl Rule {
             .into_iter()
             .flat_map(|t| t.values.iter().flat_map(|v| v.bindings()))
             .filter(|i| scope.bindings.get(*i).copied().flatten().is_none())
+            // a key that does not render is a payload without the id, not an unknown device
             .filter_map(|i| {
                 let l = self.lookups.get(i)?;
-                Some(match keys.get(i).cloned().flatten() {
-                    Some(k) => format!("{k:?} in [{}]", l.table),
-                    None => format!("[{}] ({} is absent)", l.table, l.key.text),
-                })
+                let k = keys.get(i).cloned().flatten()?;
+                Some(format!("{k:?} in [{}]", l.table))
             })
             .collect();
         if matches!(name, "city" | "kind") && !unknown.is_empty() {

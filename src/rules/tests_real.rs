@@ -431,6 +431,12 @@ fn lorawan_devices_the_registry_does_not_know_are_unknown_device() {
         "{:?}",
         o.rejects
     );
+    // no device id at all to look up: not an unknown device, a missing tag
+    let o = run(
+        "v3/x@ttn/devices/d/up",
+        r#"{"uplink_message":{"decoded_payload":{"occupied":false},"received_at":"2025-03-14T08:21:37Z"}}"#,
+    );
+    assert_eq!(codes(&o), vec![RejectCode::MissingTag]);
     // ThingPark, not in the registry
     let tp = r#"{"DevEUI_uplink":{"Time":"2025-03-14T10:46:54.285+01:00","DevEUI":"0018B20000000B20",
         "LrrRSSI":"-80.000000","LrrSNR":"7.000000","payload":{"temperature":20.5}}}"#;
