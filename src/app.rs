@@ -22,7 +22,7 @@ use tracing::{error, info, warn};
 
 use crate::batch::{self, BatchLimits};
 use crate::deadletter::DeadLetters;
-use crate::model::{Message, Reject};
+use crate::model::{Message, Outcome};
 use crate::normalise::{self, Normaliser};
 use crate::settings::{restart_only_changes, Settings};
 use crate::sink::{influx::InfluxSink, Sink};
@@ -278,6 +278,11 @@ async fn reload_on_sighup(
     }
 }
 
+/// One reading as line protocol, newline-terminated.
+pub fn line_protocol(reading: &crate::model::Reading) -> String {
+    crate::lineproto::to_line(reading)
+}
+
 /// `urbanflux replay`: dead letters again through the current rules into the store.
 pub async fn replay(settings: &Settings, files: &[PathBuf]) -> anyhow::Result<replay::Summary> {
     let mut sink = InfluxSink::new(&settings.influx)?;
@@ -285,25 +290,18 @@ pub async fn replay(settings: &Settings, files: &[PathBuf]) -> anyhow::Result<re
     replay::run(settings, files, &mut sink, &mut dead, true).await
 }
 
-/// Normalises one payload exactly as the daemon does, for `urbanflux normalise`: the line
-/// protocol of the accepted readings, and the rejects.
+/// Normalises one payload exactly as the daemon does, for `urbanflux normalise`.
 pub fn normalise_one(
     settings: &Settings,
     topic: &str,
     payload: Vec<u8>,
     received_at: DateTime<Utc>,
-) -> (Vec<String>, Vec<Reject>) {
+) -> Outcome {
     let normaliser = Normaliser::new(settings);
     let message = Message {
         topic: topic.to_string(),
         payload,
         received_at,
     };
-    let outcome = normaliser.normalise(&message, Utc::now());
-    let lines = outcome
-        .readings
-        .iter()
-        .map(crate::lineproto::to_line)
-        .collect();
-    (lines, outcome.rejects)
+    normaliser.normalise(&message, Utc::now())
 }

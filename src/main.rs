@@ -43,12 +43,17 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
             let received_at = received_at.unwrap_or_else(Utc::now);
-            let (lines, rejects) = app::normalise_one(&settings, &topic, payload, received_at);
-            lines.iter().for_each(|l| print!("{l}"));
-            rejects
+            let o = app::normalise_one(&settings, &topic, payload, received_at);
+            o.readings
+                .iter()
+                .for_each(|r| print!("{}", app::line_protocol(r)));
+            o.warnings
+                .iter()
+                .for_each(|w| eprintln!("warning: {}: {}", w.code, w.detail));
+            o.rejects
                 .iter()
                 .for_each(|r| eprintln!("rejected: {}: {}", r.code, r.detail));
-            exit(rejects.is_empty())
+            exit(o.rejects.is_empty())
         }
         Command::Run { config, log_format } => match load(&config) {
             Ok(settings) => {

@@ -73,7 +73,7 @@ impl Reading {
     }
 }
 
-/// Why a message or a reading was refused: the closed set of DATAMODEL.md section 2.5.
+/// Why a message or a reading was refused: the closed set of docs/schema.md section 2.5.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RejectCode {
     MalformedJson,
@@ -90,12 +90,18 @@ pub enum RejectCode {
     InconsistentCounts,
     MissingDecodedPayload,
     UnknownTopic,
+    /// The rule needs the device registry to know the device (city, kind) and it has no entry.
+    UnknownDevice,
+    /// The payload has its format's shape but no value in it maps to a canonical field.
+    NoCanonicalField,
+    /// A tag the measurement requires (docs/schema.md 2.3) is absent; sensor_id has its own code.
+    MissingTag,
     /// The store refused the line for good (a 4xx other than auth/throttling).
     StoreRejected,
 }
 
 impl RejectCode {
-    pub const ALL: [RejectCode; 15] = [
+    pub const ALL: [RejectCode; 18] = [
         Self::MalformedJson,
         Self::MalformedPayload,
         Self::UnsupportedUnit,
@@ -110,6 +116,9 @@ impl RejectCode {
         Self::InconsistentCounts,
         Self::MissingDecodedPayload,
         Self::UnknownTopic,
+        Self::UnknownDevice,
+        Self::NoCanonicalField,
+        Self::MissingTag,
         Self::StoreRejected,
     ];
 
@@ -129,6 +138,9 @@ impl RejectCode {
             Self::InconsistentCounts => "inconsistent_counts",
             Self::MissingDecodedPayload => "missing_decoded_payload",
             Self::UnknownTopic => "unknown_topic",
+            Self::UnknownDevice => "unknown_device",
+            Self::NoCanonicalField => "no_canonical_field",
+            Self::MissingTag => "missing_tag",
             Self::StoreRejected => "store_rejected",
         }
     }
@@ -158,19 +170,52 @@ impl Reject {
     }
 }
 
+/// Why an accepted reading deserves a look (logged and counted by the caller, never rejected).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WarningCode {
+    /// lat/lon valid but outside the generous box around the reading's city.
+    OutsideCity,
+}
+
+impl WarningCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OutsideCity => "outside_city",
+        }
+    }
+}
+
+impl fmt::Display for WarningCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A warning about an accepted reading: the code for counting, the detail for people, and the
+/// labels the counter needs (`city`, `source` of the reading).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Warning {
+    pub code: WarningCode,
+    pub city: String,
+    pub source: String,
+    pub detail: String,
+}
+
 /// What decode + normalise made of one message. A message that carries many readings
-/// is judged reading by reading, so both lists can be non-empty.
+/// is judged reading by reading, so both lists can be non-empty. Warnings concern readings
+/// that were accepted.
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub readings: Vec<Reading>,
     pub rejects: Vec<Reject>,
+    pub warnings: Vec<Warning>,
 }
 
 impl Outcome {
     pub fn rejected(reject: Reject) -> Self {
         Outcome {
-            readings: Vec::new(),
             rejects: vec![reject],
+            ..Outcome::default()
         }
     }
 }

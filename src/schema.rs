@@ -1,4 +1,4 @@
-//! The canonical model of DATAMODEL.md section 2 as data: measurements, their domains and kinds,
+//! The canonical model of docs/schema.md section 2 as data: measurements, their domains and kinds,
 //! field types with decimals, and ranges. `PointBuilder` is the only way normalisers make a
 //! `Reading`, so a field's type can never drift between writes.
 
@@ -255,7 +255,16 @@ impl City {
         City::ALL.into_iter().find(|c| c.as_str() == tag)
     }
 
-    /// DATAMODEL 2.4: Paris feeds are in Europe/Paris, San Francisco feeds in America/Los_Angeles.
+    /// A generous box (lat, lon ranges): Ile-de-France for Paris, the Bay Area for San
+    /// Francisco. A valid position outside is accepted with a warning (docs/schema.md 2.5).
+    pub fn bounds(self) -> (Span, Span) {
+        match self {
+            City::Paris => ((48.0, 49.3), (1.4, 3.6)),
+            City::Sf => ((37.0, 38.4), (-123.2, -121.5)),
+        }
+    }
+
+    /// docs/schema.md 2.4: Paris feeds are in Europe/Paris, San Francisco feeds in America/Los_Angeles.
     pub fn zone(self) -> chrono_tz::Tz {
         match self {
             City::Paris => chrono_tz::Europe::Paris,
@@ -267,10 +276,10 @@ impl City {
 /// The `city` tag values, for messages that list them.
 pub const CITIES: &[&str] = &["paris", "sf"];
 
-/// The `domain` tag values (DATAMODEL 2.2).
+/// The `domain` tag values (docs/schema.md 2.2).
 pub const DOMAINS: &[&str] = &["networks", "transport", "waste"];
 
-/// The `source` tag values: the parser families of DATAMODEL 2.3.
+/// The `source` tag values: the parser families of docs/schema.md 2.3.
 pub const SOURCES: &[&str] = &[
     "opendata_paris",
     "prim_siri",
@@ -286,6 +295,7 @@ pub const SOURCES: &[&str] = &[
     "sfpuc_ami",
     "vendor_webhook",
     "recology",
+    "thingpark",
 ];
 
 pub fn measurement(name: &str) -> Option<&'static MeasurementSpec> {
@@ -316,6 +326,50 @@ impl MeasurementSpec {
 }
 
 /// A sensor id is `<ns>-<native id>` with characters `[A-Za-z0-9._:@/-]`, at most 128.
+/// Tags every point carries (docs/schema.md 2.3); `sensor_id` is checked on its own.
+pub const ALWAYS_TAGS: [&str; 4] = ["city", "domain", "kind", "source"];
+
+/// Tags a measurement requires besides [`ALWAYS_TAGS`] and `sensor_id` (docs/schema.md 2.3).
+pub fn required_tags(spec: &MeasurementSpec) -> &'static [&'static str] {
+    match (spec.domain, spec.name) {
+        ("waste", _) => &["waste_stream"],
+        (_, "traffic") => &["vehicle_class"],
+        (_, "transit") => &["route_id"],
+        _ => &[],
+    }
+}
+
+/// An inclusive range of degrees.
+pub type Span = (f64, f64);
+
+/// The box of `city` (lat, lon ranges), if it is a city of the programme.
+pub fn city_box(city: &str) -> Option<(Span, Span)> {
+    City::parse(city).map(City::bounds)
+}
+
+/// The field a SenML record the rule does not name maps to by its unit (docs/schema.md 3):
+/// `%EL` is the battery, `lat`/`lon` the position, and otherwise the only numeric field of the
+/// measurement (device-health fields aside) whose quantity the unit converts into. Units of
+/// counts, durations, angles and %RH (no canonical humidity) map to nothing: too ambiguous.
+pub fn field_for_unit(spec: &MeasurementSpec, unit: &str) -> Option<&'static FieldSpec> {
+    match unit {
+        "%EL" => return spec.field("battery_ratio"),
+        "lat" | "lon" => return spec.field(unit),
+        "" | "1" | "count" | "%RH" | "EL" | "s" | "min" | "h" | "ms" | "deg" | "rad" | "dB"
+        | "dBm" | "dBW" => return None,
+        _ => {}
+    }
+    let mut found = spec.fields.iter().filter(|f| {
+        matches!(f.ty, FieldType::Int | FieldType::Float(_))
+            && !matches!(f.name, "lat" | "lon")
+            && crate::units::is_known(f.name, unit)
+    });
+    match (found.next(), found.next()) {
+        (Some(f), None) => Some(f),
+        _ => None,
+    }
+}
+
 pub fn valid_sensor_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
@@ -472,6 +526,14 @@ impl PointBuilder {
         Ok(self)
     }
 
+    pub fn has_field(&self, field: &str) -> bool {
+        self.fields.iter().any(|(k, _)| *k == field)
+    }
+
+    pub fn has_tag(&self, tag: &str) -> bool {
+        self.tags.iter().any(|(k, v)| *k == tag && !v.is_empty())
+    }
+
     pub fn has_fields(&self) -> bool {
         !self.fields.is_empty()
     }
@@ -496,18 +558,18 @@ impl PointBuilder {
             }
             Some(_) => {}
         }
-        for required in ["city", "domain", "kind", "source"] {
+        for required in ALWAYS_TAGS.iter().chain(required_tags(self.spec)) {
             if get(required).is_none_or(|v| v.is_empty()) {
                 return Err(Reject::new(
-                    RejectCode::MalformedPayload,
-                    format!("required tag {required} is missing"),
+                    RejectCode::MissingTag,
+                    format!("required tag {required} of {} is missing", self.spec.name),
                 ));
             }
         }
         if self.fields.is_empty() {
             return Err(Reject::new(
-                RejectCode::MalformedPayload,
-                "no canonical field could be read",
+                RejectCode::NoCanonicalField,
+                "no value of the payload maps to a canonical field",
             ));
         }
         self.check_counts()?;
@@ -520,7 +582,7 @@ impl PointBuilder {
     }
 }
 
-/// Rounds half away from zero to `decimals` places (DATAMODEL.md section 4).
+/// Rounds half away from zero to `decimals` places (docs/schema.md section 4).
 pub fn round_to(value: f64, decimals: u8) -> f64 {
     let scale = 10f64.powi(decimals as i32);
     // A few ulps of headroom so that a decimal tie stored as x.4999999 still rounds away from zero.
@@ -528,56 +590,5 @@ pub fn round_to(value: f64, decimals: u8) -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_city_list_and_the_city_type_agree() {
-        let names: Vec<&str> = City::ALL.iter().map(|c| c.as_str()).collect();
-        assert_eq!(names, CITIES);
-        assert_eq!(
-            City::parse("sf").map(City::zone),
-            Some(chrono_tz::America::Los_Angeles)
-        );
-        assert_eq!(City::parse("lyon"), None);
-    }
-
-    #[test]
-    fn rounding_is_half_away_from_zero_and_survives_float_error() {
-        assert_eq!(round_to(0.1247, 4), 0.1247);
-        assert_eq!(round_to(2.5, 0), 3.0);
-        assert_eq!(round_to(-2.5, 0), -3.0);
-        assert_eq!(round_to(3495.884568, 4), 3495.8846);
-        assert_eq!(round_to(1.00005, 4), 1.0001);
-    }
-
-    #[test]
-    fn an_integer_field_takes_the_nearest_integer_never_a_float() {
-        let mut p = PointBuilder::new(measurement("traffic").unwrap());
-        p.num("count", 641.6).unwrap();
-        assert_eq!(p.fields[0].1, FieldValue::Int(642));
-    }
-
-    #[test]
-    fn a_ratio_above_one_is_out_of_range() {
-        let mut p = PointBuilder::new(measurement("waste_container").unwrap());
-        let err = p.num("fill_ratio", 1.37).unwrap_err();
-        assert_eq!(err.code, RejectCode::OutOfRange);
-        assert!(err.detail.contains("fill_ratio"));
-    }
-
-    #[test]
-    fn occupied_above_operational_is_inconsistent() {
-        let mut p = PointBuilder::new(measurement("parking").unwrap());
-        p.tag("city", "sf")
-            .tag("domain", "transport")
-            .tag("kind", "onstreet_block")
-            .tag("source", "sfpark")
-            .tag("sensor_id", "bfid-1");
-        p.num("spaces_occupied", 12.0).unwrap();
-        assert_eq!(
-            p.num("spaces_operational", 8.0).unwrap_err().code,
-            RejectCode::InconsistentCounts
-        );
-    }
-}
+#[path = "schema_tests.rs"]
+mod tests;

@@ -1,4 +1,4 @@
-//! Timestamp reading for normalisers (DATAMODEL.md section 2.4): offsets are authoritative,
+//! Timestamp reading for normalisers (docs/schema.md section 2.4): offsets are authoritative,
 //! naive local strings are resolved in the source's zone through the tz database, epochs are
 //! seconds unless said otherwise, and every time is checked against a plausibility window.
 

@@ -1,6 +1,6 @@
 //! The unit registry: converts a value from a source unit to the canonical unit that a field's
 //! name carries (`_c` is degrees Celsius, `_bar` bar, `_ratio` 0..1, ...). Exact constants from
-//! DATAMODEL.md section 3.
+//! docs/schema.md section 3.
 
 use crate::model::{Reject, RejectCode};
 
@@ -136,13 +136,22 @@ const UNITS: &[(Quantity, &[&str], f64, f64)] = &[
     (Quantity::Count, &["count", "1", ""], 1.0, 0.0),
 ];
 
-/// Units registered for SenML (RFC 8428 and RFC 8798 secondary units). A SenML pack with any
-/// other unit is refused: there is no SenML unit for degF, gallons or mph.
+/// Units registered for SenML: RFC 8428 section 12.1 and the RFC 8798 secondary units, plus
+/// the few spellings gateways here already send (uS/cm, mS/cm, mg/l, bar, MWh, m3/h, l/h,
+/// kg/m3). A pack with any other unit is refused: there is no SenML unit for degF, gallons or
+/// mph. A registered unit that no canonical field takes is left out of the reading.
 const SENML_UNITS: &[&str] = &[
-    "Cel", "K", "Pa", "hPa", "bar", "W", "kW", "J", "Wh", "kWh", "MWh", "m", "mm", "cm", "km",
-    "m3", "l", "m3/s", "l/s", "m3/h", "l/h", "m/s", "km/h", "/", "/100", "%", "%RH", "%EL", "pH",
-    "S/m", "mS/cm", "uS/cm", "NTU", "kg/m3", "mg/l", "g", "kg", "V", "A", "mA", "Hz", "dBm", "dB",
-    "s", "min", "h", "lat", "lon", "deg", "count", "1",
+    // RFC 8428
+    "m", "kg", "g", "s", "A", "K", "cd", "mol", "Hz", "rad", "sr", "N", "Pa", "J", "W", "C", "V",
+    "F", "Ohm", "S", "Wb", "T", "H", "Cel", "lm", "lx", "Bq", "Gy", "Sv", "kat", "m2", "m3", "l",
+    "m/s", "m/s2", "m3/s", "l/s", "W/m2", "cd/m2", "bit", "bit/s", "lat", "lon", "pH", "dB", "dBW",
+    "Bspl", "count", "/", "%", "%RH", "%EL", "EL", "1/s", "1/min", "beat/min", "beats", "S/m",
+    // RFC 8798 secondary units
+    "ms", "min", "h", "MHz", "kW", "kVA", "kvar", "Ah", "Wh", "kWh", "varh", "kvarh", "kVAh",
+    "Wh/km", "KiB", "kB", "Mbit/s", "B/s", "MB/s", "mV", "mA", "dBm", "ug/m3", "mm/h", "m/h",
+    "ppm", "/100", "/1000", "hPa", "mm", "cm", "km", "km/h", "gravity", "dps", "GiB", "GB",
+    // spellings in use by our gateways
+    "bar", "MWh", "m3/h", "l/h", "mS/cm", "uS/cm", "NTU", "kg/m3", "mg/l", "deg", "1",
 ];
 
 pub fn is_senml_unit(unit: &str) -> bool {

@@ -3,7 +3,7 @@
 //!
 //! | decoder | document | elements a rule iterates by default |
 //! |---|---|---|
-//! | `json` | the JSON value (a UTF-8 BOM is tolerated) | the whole document |
+//! | `json` | the JSON value (a UTF-8 BOM is tolerated; `embedded_json` keys holding JSON text are read as their value) | the whole document |
 //! | `senml` | `{"groups": [...]}` records of one device and time, see [`senml`] | `groups[*]` |
 //! | `lp` | `{"lines": [...]}` InfluxDB line protocol, see [`lp`] | `lines[*]` |
 //! | `csv` | `{"rows": [...]}` named columns, see [`csv`] | `rows[*]` |
@@ -26,7 +26,8 @@ use crate::model::Reject;
 /// A decoder as a rule names it, with its parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decoder {
-    Json,
+    /// With the top-level keys whose string value is itself JSON (ChirpStack v3 `objectJSON`).
+    Json(Vec<String>),
     Senml,
     Lp,
     Plain,
@@ -39,7 +40,7 @@ impl Decoder {
     /// The path of the elements a rule makes readings of, unless it says otherwise.
     pub fn default_each(&self) -> Option<&'static str> {
         match self {
-            Decoder::Json | Decoder::Plain => None,
+            Decoder::Json(_) | Decoder::Plain => None,
             Decoder::Senml => Some("groups[*]"),
             Decoder::Lp => Some("lines[*]"),
             Decoder::Csv(_) => Some("rows[*]"),
@@ -49,7 +50,7 @@ impl Decoder {
     /// Decodes a payload already known to be UTF-8 text. `received_ms` anchors relative times.
     pub fn decode(&self, text: &str, received_ms: i64) -> Result<Value, Reject> {
         match self {
-            Decoder::Json => json::parse(text.as_bytes()),
+            Decoder::Json(embedded) => json::parse_embedded(text.as_bytes(), embedded),
             Decoder::Senml => senml::groups(&json::parse(text.as_bytes())?, received_ms),
             Decoder::Lp => lp::decode(text),
             Decoder::Plain => plain::decode(text),
@@ -92,7 +93,8 @@ mod no_panic {
 
     fn all_decoders() -> Vec<Decoder> {
         vec![
-            Decoder::Json,
+            Decoder::Json(Vec::new()),
+            Decoder::Json(vec!["a".into()]),
             Decoder::Senml,
             Decoder::Lp,
             Decoder::Plain,

@@ -2,12 +2,17 @@
 //! are not registered for SenML (there is none for degF, gallons or mph: the pack is refused
 //! whole rather than written in part), and groups the records of one device and one time into
 //! one element for rules: `{"groups": [{"_bn": "QS-0417", "_time_ms": 1741939200000,
-//! "pressure": {"v": 412500, "u": "Pa"}, ...}]}`.
+//! "pressure": {"v": 412500, "u": "Pa"}, ...}]}`. Records without a name (a pack named only by
+//! its base name, RFC 8428 5.1.1) are listed under `_unnamed`; rules map them by their unit.
 
 use serde_json::{Map, Value};
 
 use crate::model::{Reject, RejectCode};
 use crate::units;
+
+/// The key of a group's records that have no name (a pack named only by its base name):
+/// a list, since several may share a time.
+pub const UNNAMED: &str = "_unnamed";
 
 /// Times below 2^28 are relative to "now" (the receive time); at or above, absolute seconds.
 const RELATIVE_TIME_LIMIT: f64 = 268_435_456.0;
@@ -169,7 +174,17 @@ pub fn groups(doc: &Value, received_ms: i64) -> Result<Value, Reject> {
         if !r.unit.is_empty() {
             rec.insert("u".into(), Value::String(r.unit));
         }
-        groups[idx].2.insert(r.name, Value::Object(rec));
+        if r.name.is_empty() {
+            let list = groups[idx]
+                .2
+                .entry(UNNAMED)
+                .or_insert_with(|| Value::Array(Vec::new()));
+            if let Value::Array(l) = list {
+                l.push(Value::Object(rec));
+            }
+        } else {
+            groups[idx].2.insert(r.name, Value::Object(rec));
+        }
     }
     if groups.is_empty() {
         return Err(Reject::new(

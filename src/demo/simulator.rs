@@ -1,5 +1,5 @@
 //! Simulated gateways of both cities, publishing each second what real gateways send
-//! (DATAMODEL.md section 1), in their own formats, units, zones and topic layouts.
+//! (docs/schema.md section 1), in their own formats, units, zones and topic layouts.
 
 use chrono::{DateTime, Duration, Timelike, Utc};
 use rand::Rng;

@@ -1,4 +1,4 @@
-//! Normalise: one message in, canonical readings or typed rejects out (DATAMODEL.md section 2).
+//! Normalise: one message in, canonical readings or typed rejects out (docs/schema.md section 2).
 //! Pure and synchronous: no I/O, no clock (the caller passes `now`).
 //!
 //! Checks run cheapest first: payload size, a rule for the topic, UTF-8, then the rule's decoder
@@ -72,10 +72,33 @@ impl Normaliser {
         // 511.org and some Windows gateways prefix a byte order mark.
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let received_ms = msg.received_at.timestamp_millis();
-        let doc = match rule.decoder.decode(text, received_ms) {
+        let mut doc = match rule.decoder.decode(text, received_ms) {
             Ok(doc) => doc,
             Err(e) => return Outcome::rejected(e),
         };
+        // Shapes that share a topic (ChirpStack v3 and v4): the first rule whose `when` holds
+        // reads the message; when none does, the first rule judges it.
+        let mut rule = rule;
+        if !rule.accepts(&doc, &msg.topic) {
+            let first = rule;
+            for other in self.rules.iter().filter(|r| r.matches(&msg.topic)).skip(1) {
+                let other_doc = if other.decoder == first.decoder {
+                    None
+                } else {
+                    match other.decoder.decode(text, received_ms) {
+                        Ok(d) => Some(d),
+                        Err(_) => continue,
+                    }
+                };
+                if other.accepts(other_doc.as_ref().unwrap_or(&doc), &msg.topic) {
+                    if let Some(d) = other_doc {
+                        doc = d;
+                    }
+                    rule = other;
+                    break;
+                }
+            }
+        }
         rule.apply(
             &doc,
             &Input {

@@ -35,6 +35,9 @@ pub(crate) async fn run(
             outcome.readings.len(),
             outcome.rejects.len(),
         );
+        for w in &outcome.warnings {
+            telemetry.reading_warning(&message.topic, w);
+        }
         let record = (!outcome.readings.is_empty())
             .then(|| record(&message.topic, &outcome.readings, &telemetry));
         // Labels for the dead letters only: a message without rejects needs none.

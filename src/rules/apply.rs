@@ -6,7 +6,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use chrono_tz::Tz;
 use serde_json::Value;
 
-use crate::model::{Outcome, Reading, Reject, RejectCode};
+use crate::model::{FieldValue, Outcome, Reading, Reject, RejectCode, Warning, WarningCode};
 use crate::registry::Registry;
 use crate::schema::{self, FieldType, PointBuilder};
 use crate::{time, units};
@@ -37,6 +37,17 @@ impl Rule {
             topic: &levels,
             bindings: &[],
         };
+        for (payload, trusted) in &self.identity {
+            if let (Some(said), Some(known)) = (payload.render(&root), trusted.render(&root)) {
+                if !said.eq_ignore_ascii_case(&known) {
+                    return Outcome::rejected(malformed(format!(
+                        "identity: the payload says {said:?} ({}) but the topic says {known:?} ({}); \
+                         the topic wins, the message is refused",
+                        payload.text, trusted.text
+                    )));
+                }
+            }
+        }
         for (path, code) in &self.require {
             if path.first(&root).is_none() {
                 let why = match code {
@@ -47,7 +58,7 @@ impl Rule {
                 };
                 return Outcome::rejected(Reject::new(
                     *code,
-                    format!("field {} is missing{why}", path.text),
+                    format!("field {} is missing{why}", path.text()),
                 ));
             }
         }
@@ -67,12 +78,15 @@ impl Rule {
         let mut out = Outcome::default();
         let mut seen = HashSet::new();
         let mut bound: Vec<Option<&Value>> = Vec::with_capacity(self.lookups.len());
+        let mut keys: Vec<Option<String>> = Vec::with_capacity(self.lookups.len());
         for (i, item) in items.into_iter().enumerate() {
             let mut scope = Scope { item, ..root };
             bound.clear();
+            keys.clear();
             for l in &self.lookups {
                 let key = l.key.render(&scope);
-                bound.push(key.and_then(|k| input.registry.get(&l.table, &k)));
+                bound.push(key.as_ref().and_then(|k| input.registry.get(&l.table, k)));
+                keys.push(key);
             }
             scope.bindings = &bound;
             if let Some(d) = &self.distinct {
@@ -82,8 +96,13 @@ impl Rule {
                     }
                 }
             }
-            match self.reading(&scope, input) {
-                Ok(r) => out.readings.push(r),
+            match self.reading(&scope, input, &keys) {
+                Ok(r) => {
+                    if let Some(w) = outside_city(&r) {
+                        out.warnings.push(w);
+                    }
+                    out.readings.push(r)
+                }
                 Err(e) if many => {
                     let at = self.each.as_ref().map(|p| p.text.as_str()).unwrap_or("");
                     let at = at.rsplit_once("[*]").map(|(a, _)| a).unwrap_or(at);
@@ -119,7 +138,57 @@ impl Rule {
         }
     }
 
-    fn reading(&self, scope: &Scope, input: &Input) -> Result<Reading, Reject> {
+    /// Why a tag is absent: `unknown_device` when its templates read registry records that
+    /// were not found (the registry does not know the device), else `missing_tag`.
+    fn absent_tag(&self, name: &str, scope: &Scope, keys: &[Option<String>]) -> Reject {
+        let t = self.tags.iter().find(|t| t.name == name);
+        let tried = t
+            .map(|t| {
+                t.values
+                    .iter()
+                    .map(|v| v.text.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            })
+            .unwrap_or_default();
+        if t.is_none() {
+            return Reject::new(
+                RejectCode::MissingTag,
+                format!("tag {name}: the rule sets none, and measurements of this kind require it"),
+            );
+        }
+        let unknown: Vec<String> = t
+            .into_iter()
+            .flat_map(|t| t.values.iter().flat_map(|v| v.bindings()))
+            .filter(|i| scope.bindings.get(*i).copied().flatten().is_none())
+            // a key that does not render is a payload without the id, not an unknown device
+            .filter_map(|i| {
+                let l = self.lookups.get(i)?;
+                let k = keys.get(i).cloned().flatten()?;
+                Some(format!("{k:?} in [{}]", l.table))
+            })
+            .collect();
+        if matches!(name, "city" | "kind") && !unknown.is_empty() {
+            return Reject::new(
+                RejectCode::UnknownDevice,
+                format!(
+                    "tag {name}: {tried} is absent: the device registry has no {}; register the device, then replay",
+                    unknown.join(" nor ")
+                ),
+            );
+        }
+        Reject::new(
+            RejectCode::MissingTag,
+            format!("tag {name}: {tried} is absent or empty"),
+        )
+    }
+
+    fn reading(
+        &self,
+        scope: &Scope,
+        input: &Input,
+        keys: &[Option<String>],
+    ) -> Result<Reading, Reject> {
         let templates = |name: &str| {
             self.tags
                 .iter()
@@ -135,7 +204,7 @@ impl Rule {
         };
         let city = self
             .tag_value("city", scope)?
-            .ok_or_else(|| malformed(format!("tag city: {} is absent", templates("city"))))?;
+            .ok_or_else(|| self.absent_tag("city", scope, keys))?;
         if !schema::CITIES.contains(&city.as_str()) {
             return Err(malformed(format!(
                 "tag city: {city:?} is not one of {}",
@@ -144,7 +213,7 @@ impl Rule {
         }
         let kind = self
             .tag_value("kind", scope)?
-            .ok_or_else(|| malformed(format!("tag kind: {} is absent", templates("kind"))))?;
+            .ok_or_else(|| self.absent_tag("kind", scope, keys))?;
         let spec = schema::measurement_of_kind(&kind).ok_or_else(|| {
             malformed(format!(
                 "tag kind: {kind:?} is not a kind of the canonical model"
@@ -173,6 +242,11 @@ impl Rule {
                 p.tag(t.name, v);
             }
         }
+        for name in schema::required_tags(spec) {
+            if !p.has_tag(name) {
+                return Err(self.absent_tag(name, scope, keys));
+            }
+        }
         for f in &self.fields {
             if spec.field(f.name).is_none() {
                 // A rule for many kinds (LoRaWAN) maps fields of several measurements.
@@ -180,8 +254,52 @@ impl Rule {
             }
             self.field(f, scope, &mut p)?;
         }
+        if self.decoder == crate::decode::Decoder::Senml {
+            self.fields_by_unit(scope.item, &mut p)?;
+        }
         let time_ms = self.time(scope, &city, input)?;
         p.finish(time_ms)
+    }
+
+    /// SenML records the rule does not name, mapped by their unit (docs/schema.md 3); a field
+    /// already read from a named record keeps its value.
+    fn fields_by_unit(&self, group: &Value, p: &mut PointBuilder) -> Result<(), Reject> {
+        let Value::Object(records) = group else {
+            return Ok(());
+        };
+        let unnamed = records
+            .get(crate::decode::senml::UNNAMED)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|r| ("", r));
+        let named = records
+            .iter()
+            .filter(|(k, _)| !k.starts_with('_') && !self.named.iter().any(|n| n == *k))
+            .map(|(k, r)| (k.as_str(), r));
+        for (name, rec) in named.chain(unnamed) {
+            let (Some(v), Some(u)) = (
+                rec.get("v").and_then(Value::as_f64),
+                rec.get("u").and_then(Value::as_str),
+            ) else {
+                continue;
+            };
+            let Some(field) = schema::field_for_unit(p.spec(), u) else {
+                continue;
+            };
+            if p.has_field(field.name) {
+                continue;
+            }
+            let from = |r: Reject| {
+                Reject::new(
+                    r.code,
+                    format!("{} (from record {name:?} by its unit {u})", r.detail),
+                )
+            };
+            let n = units::convert(field.name, u, v).map_err(from)?;
+            p.num(field.name, n).map_err(from)?;
+        }
+        Ok(())
     }
 
     fn field(&self, f: &FieldRule, scope: &Scope, p: &mut PointBuilder) -> Result<(), Reject> {
@@ -319,6 +437,35 @@ impl Rule {
         };
         time::check_window(what, ms.saturating_add(t.shift_ms), input.now)
     }
+}
+
+/// A warning when the reading's position is outside the box of its city.
+fn outside_city(r: &Reading) -> Option<Warning> {
+    let num = |k: &str| match r.fields.iter().find(|(f, _)| *f == k)?.1 {
+        FieldValue::Float(f) => Some(f),
+        FieldValue::Int(i) => Some(i as f64),
+        _ => None,
+    };
+    let city = r.tag("city")?;
+    let ((lat_lo, lat_hi), (lon_lo, lon_hi)) = schema::city_box(city)?;
+    let (lat, lon) = (num("lat"), num("lon"));
+    let out = lat.is_some_and(|v| !(lat_lo..=lat_hi).contains(&v))
+        || lon.is_some_and(|v| !(lon_lo..=lon_hi).contains(&v));
+    if !out {
+        return None;
+    }
+    let show = |v: Option<f64>| v.map_or("-".to_string(), |v| v.to_string());
+    Some(Warning {
+        code: WarningCode::OutsideCity,
+        city: city.to_string(),
+        source: r.tag("source").unwrap_or_default().to_string(),
+        detail: format!(
+            "sensor {}: lat {}, lon {} is outside the box of {city} (lat {lat_lo}..{lat_hi}, lon {lon_lo}..{lon_hi}); kept",
+            r.tag("sensor_id").unwrap_or_default(),
+            show(lat),
+            show(lon)
+        ),
+    })
 }
 
 /// The zone of the reading's city; the city tag was checked against the schema before.

@@ -7,32 +7,35 @@ use crate::error::ConfigError;
 use crate::model::RejectCode;
 use crate::registry::Registry;
 use crate::schema::{self, FieldType, MeasurementSpec};
-use crate::units;
 
-use super::expr::Expr;
 use super::path::{self, Path, PathAlt};
 use super::template::Template;
-use super::{
-    EnumMap, FieldRule, Lookup, MapValue, Rule, Source, TagRule, TimeFormat, TimeRule, UnitSpec,
-    Zone, TAGS,
-};
+mod parts;
 
-fn cfg(key: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+use parts::{compile_fields, compile_tags, compile_time};
+
+use super::{EnumMap, FieldRule, Lookup, MapValue, Rule, Source, Zone};
+
+pub(super) fn cfg(
+    key: impl Into<String>,
+    problem: impl Into<String>,
+    fix: impl Into<String>,
+) -> ConfigError {
     ConfigError::new(key, problem, fix)
 }
 
 /// A TOML table and the key it sits under, for errors that name the key.
-struct Tbl<'a> {
-    key: String,
-    t: &'a toml::Table,
+pub(super) struct Tbl<'a> {
+    pub(super) key: String,
+    pub(super) t: &'a toml::Table,
 }
 
 impl<'a> Tbl<'a> {
-    fn sub(&self, k: &str) -> String {
+    pub(super) fn sub(&self, k: &str) -> String {
         format!("{}.{k}", self.key)
     }
 
-    fn only(&self, allowed: &[&str]) -> Result<(), ConfigError> {
+    pub(super) fn only(&self, allowed: &[&str]) -> Result<(), ConfigError> {
         for k in self.t.keys() {
             if !allowed.contains(&k.as_str()) {
                 return Err(cfg(
@@ -48,7 +51,7 @@ impl<'a> Tbl<'a> {
         Ok(())
     }
 
-    fn str(&self, k: &str) -> Result<Option<&'a str>, ConfigError> {
+    pub(super) fn str(&self, k: &str) -> Result<Option<&'a str>, ConfigError> {
         match self.t.get(k) {
             None => Ok(None),
             Some(toml::Value::String(s)) => Ok(Some(s)),
@@ -60,12 +63,12 @@ impl<'a> Tbl<'a> {
         }
     }
 
-    fn req_str(&self, k: &str, fix: &str) -> Result<&'a str, ConfigError> {
+    pub(super) fn req_str(&self, k: &str, fix: &str) -> Result<&'a str, ConfigError> {
         self.str(k)?
             .ok_or_else(|| cfg(self.sub(k), "required key is missing", fix))
     }
 
-    fn table(&self, k: &str) -> Result<Option<Tbl<'a>>, ConfigError> {
+    pub(super) fn table(&self, k: &str) -> Result<Option<Tbl<'a>>, ConfigError> {
         match self.t.get(k) {
             None => Ok(None),
             Some(toml::Value::Table(t)) => Ok(Some(Tbl {
@@ -81,7 +84,7 @@ impl<'a> Tbl<'a> {
     }
 
     /// A string or a list of strings.
-    fn strings(&self, k: &str) -> Result<Option<Vec<&'a str>>, ConfigError> {
+    pub(super) fn strings(&self, k: &str) -> Result<Option<Vec<&'a str>>, ConfigError> {
         match self.t.get(k) {
             None => Ok(None),
             Some(toml::Value::String(s)) => Ok(Some(vec![s.as_str()])),
@@ -107,7 +110,7 @@ impl<'a> Tbl<'a> {
     }
 }
 
-fn path_err(key: String) -> impl FnOnce(path::PathError) -> ConfigError {
+pub(super) fn path_err(key: String) -> impl FnOnce(path::PathError) -> ConfigError {
     move |e| {
         cfg(
             key,
@@ -117,7 +120,11 @@ fn path_err(key: String) -> impl FnOnce(path::PathError) -> ConfigError {
     }
 }
 
-fn map_value(key: &str, v: &toml::Value, ty: FieldType) -> Result<MapValue, ConfigError> {
+pub(super) fn map_value(
+    key: &str,
+    v: &toml::Value,
+    ty: FieldType,
+) -> Result<MapValue, ConfigError> {
     let (value, ok) = match v {
         toml::Value::String(s) => (MapValue::Str(s.clone()), ty == FieldType::Str),
         toml::Value::Boolean(b) => (MapValue::Bool(*b), ty == FieldType::Bool),
@@ -138,13 +145,13 @@ fn map_value(key: &str, v: &toml::Value, ty: FieldType) -> Result<MapValue, Conf
         return Err(cfg(
             key,
             format!("{v} does not fit the field's type"),
-            format!("write {want} (DATAMODEL.md section 2.2 fixes each field's type)"),
+            format!("write {want} (docs/schema.md section 2.2 fixes each field's type)"),
         ));
     }
     Ok(value)
 }
 
-fn enum_map(t: &Tbl, ty: FieldType) -> Result<EnumMap, ConfigError> {
+pub(super) fn enum_map(t: &Tbl, ty: FieldType) -> Result<EnumMap, ConfigError> {
     let mut entries = Vec::with_capacity(t.t.len());
     for (k, v) in t.t {
         entries.push((k.clone(), map_value(&t.sub(k), v, ty)?));
@@ -152,7 +159,7 @@ fn enum_map(t: &Tbl, ty: FieldType) -> Result<EnumMap, ConfigError> {
     Ok(EnumMap(entries))
 }
 
-fn parse_shift(key: &str, text: &str) -> Result<i64, ConfigError> {
+pub(super) fn parse_shift(key: &str, text: &str) -> Result<i64, ConfigError> {
     let t = text.trim();
     let (sign, rest) = match t.as_bytes().first() {
         Some(b'-') => (-1, &t[1..]),
@@ -169,7 +176,7 @@ fn parse_shift(key: &str, text: &str) -> Result<i64, ConfigError> {
     Ok(sign * d.as_millis() as i64)
 }
 
-fn zone(key: &str, text: &str, bindings: path::Bindings) -> Result<Zone, ConfigError> {
+pub(super) fn zone(key: &str, text: &str, bindings: path::Bindings) -> Result<Zone, ConfigError> {
     if text.contains('{') {
         return Template::parse(text, bindings)
             .map(Zone::From)
@@ -203,6 +210,9 @@ impl Rule {
             "topic",
             "decoder",
             "source",
+            "when",
+            "embedded_json",
+            "identity",
             "each",
             "distinct",
             "columns",
@@ -244,7 +254,7 @@ impl Rule {
             return Err(cfg(
                 r.sub("source"),
                 format!("{source:?} is not a snake_case name"),
-                "use lowercase letters, digits and _ (DATAMODEL.md section 2.3 lists the sources)",
+                "use lowercase letters, digits and _ (docs/schema.md section 2.3 lists the sources)",
             ));
         }
 
@@ -264,6 +274,11 @@ impl Rule {
             .transpose()?;
 
         let require = compile_require(&r)?;
+        let when = r
+            .str("when")?
+            .map(|p| PathAlt::parse(p, &|_| None).map_err(path_err(r.sub("when"))))
+            .transpose()?;
+        let identity = compile_identity(&r)?;
 
         let tags = compile_tags(&r, bindings)?;
 
@@ -294,13 +309,14 @@ impl Rule {
                 cfg(
                     r.sub("tags.kind"),
                     format!("unknown kind {k:?}"),
-                    "use a kind of DATAMODEL.md section 2.2, e.g. quality_station",
+                    "use a kind of docs/schema.md section 2.2, e.g. quality_station",
                 )
             })?),
             None => None,
         };
 
         let fields = compile_fields(&r, spec, bindings)?;
+        let named = named_records(&fields);
 
         let time = match r.table("time")? {
             None => {
@@ -318,13 +334,16 @@ impl Rule {
             topics,
             decoder,
             source: source.to_string(),
+            when,
             each,
             distinct,
             require,
+            identity,
             lookups,
             tags,
             fields,
             time,
+            named,
             city,
         })
     }
@@ -337,8 +356,22 @@ impl Rule {
 /// `decoder`, with the CSV column layout.
 fn compile_decoder(r: &Tbl) -> Result<Decoder, ConfigError> {
     let decoder_name = r.req_str("decoder", "use one of json, senml, lp, plain, csv")?;
+    let embedded = r.strings("embedded_json")?;
+    if embedded.is_some() && decoder_name != "json" {
+        return Err(cfg(
+            r.sub("embedded_json"),
+            "embedded_json only applies to decoder = \"json\"",
+            "remove it",
+        ));
+    }
     let decoder = match decoder_name {
-        "json" => Decoder::Json,
+        "json" => Decoder::Json(
+            embedded
+                .unwrap_or_default()
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+        ),
         "senml" => Decoder::Senml,
         "lp" => Decoder::Lp,
         "plain" => Decoder::Plain,
@@ -428,8 +461,51 @@ fn compile_lookups(
     Ok((lookups, lookup_names))
 }
 
-/// `[route.require]`: paths whose absence refuses the message with a code.
-fn compile_require(r: &Tbl) -> Result<Vec<(Path, RejectCode)>, ConfigError> {
+/// `[route.identity]`: `"payload path or template" = "template of what the operator controls"`.
+fn compile_identity(r: &Tbl) -> Result<Vec<(Template, Template)>, ConfigError> {
+    let mut out = Vec::new();
+    let Some(t) = r.table("identity")? else {
+        return Ok(out);
+    };
+    let no_bindings = |_: &str| None;
+    for (left, right) in t.t {
+        let k = t.sub(left);
+        let left_text = if left.contains('{') {
+            left.clone()
+        } else {
+            format!("{{{left}}}")
+        };
+        let left = Template::parse(&left_text, &no_bindings).map_err(path_err(k.clone()))?;
+        let right = right.as_str().ok_or_else(|| {
+            cfg(
+                &k,
+                "expected a template",
+                "write e.g. \"deviceInfo.devEui\" = \"{$topic[3]}\"",
+            )
+        })?;
+        let right = Template::parse(right, &no_bindings).map_err(path_err(k))?;
+        out.push((left, right));
+    }
+    Ok(out)
+}
+
+/// The first keys of the item paths that fields read (SenML record names).
+fn named_records(fields: &[FieldRule]) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in fields {
+        if let Source::Path(alt) = &f.source {
+            for p in &alt.0 {
+                if let (path::Root::Item, Some(path::Step::Key(k))) = (&p.root, p.steps.first()) {
+                    out.push(k.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `[route.require]`: paths (or alternatives) whose absence refuses the message with a code.
+fn compile_require(r: &Tbl) -> Result<Vec<(PathAlt, RejectCode)>, ConfigError> {
     let mut require = Vec::new();
     if let Some(req) = r.table("require")? {
         for (p, code) in req.t {
@@ -445,316 +521,9 @@ fn compile_require(r: &Tbl) -> Result<Vec<(Path, RejectCode)>, ConfigError> {
                         format!("use one of: {}", codes.join(", ")),
                     )
                 })?;
-            let path = Path::parse(p, &|_| None).map_err(path_err(k))?;
+            let path = PathAlt::parse(p, &|_| None).map_err(path_err(k))?;
             require.push((path, *code));
         }
     }
     Ok(require)
-}
-
-/// `[route.tags]`: city, kind and sensor_id required, the others optional.
-fn compile_tags(r: &Tbl, bindings: path::Bindings) -> Result<Vec<TagRule>, ConfigError> {
-    let tags_t = r.table("tags")?.ok_or_else(|| {
-        cfg(
-            r.sub("tags"),
-            "required table is missing",
-            "add [route.tags] with at least city, kind and sensor_id",
-        )
-    })?;
-    tags_t.only(&TAGS)?;
-    let mut tags = Vec::new();
-    for name in TAGS {
-        let Some(v) = tags_t.t.get(name) else {
-            if matches!(name, "city" | "kind" | "sensor_id") {
-                return Err(cfg(
-                    tags_t.sub(name),
-                    "required tag is missing",
-                    "give a value or a template such as \"{deviceInfo.tags.city}\"",
-                ));
-            }
-            continue;
-        };
-        let tk = tags_t.sub(name);
-        let tag = match v {
-            toml::Value::String(_) | toml::Value::Array(_) => {
-                let values = tags_t
-                    .strings(name)?
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|s| Template::parse(s, bindings).map_err(path_err(tk.clone())))
-                    .collect::<Result<Vec<_>, _>>()?;
-                TagRule {
-                    name,
-                    values,
-                    map: None,
-                    strict: true,
-                    default: None,
-                }
-            }
-            toml::Value::Table(t) => {
-                let tt = Tbl { key: tk.clone(), t };
-                tt.only(&["value", "map", "strict", "default"])?;
-                let values = tt
-                    .strings("value")?
-                    .ok_or_else(|| {
-                        cfg(
-                            tt.sub("value"),
-                            "required key is missing",
-                            "give a template",
-                        )
-                    })?
-                    .into_iter()
-                    .map(|s| Template::parse(s, bindings).map_err(path_err(tt.sub("value"))))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let map = tt
-                    .table("map")?
-                    .map(|m| enum_map(&m, FieldType::Str))
-                    .transpose()?;
-                let strict = match t.get("strict") {
-                    None => true,
-                    Some(toml::Value::Boolean(b)) => *b,
-                    Some(_) => {
-                        return Err(cfg(
-                            tt.sub("strict"),
-                            "expected true or false",
-                            "write strict = false to keep unmapped values",
-                        ))
-                    }
-                };
-                TagRule {
-                    name,
-                    values,
-                    map,
-                    strict,
-                    default: tt.str("default")?.map(str::to_string),
-                }
-            }
-            other => {
-                return Err(cfg(
-                    tk,
-                    format!("expected a template or a table, got {}", other.type_str()),
-                    "write \"text-{path}\" or { value = \"...\", map = { ... } }",
-                ))
-            }
-        };
-        tags.push(tag);
-    }
-    Ok(tags)
-}
-
-/// `[route.fields]`, checked against the measurement when the kind is fixed, ordered payload
-/// fields first, then constants, then derived ones.
-fn compile_fields(
-    r: &Tbl,
-    spec: Option<&'static MeasurementSpec>,
-    bindings: path::Bindings,
-) -> Result<Vec<FieldRule>, ConfigError> {
-    let mut fields = Vec::new();
-    if let Some(ft) = r.table("fields")? {
-        for (name, v) in ft.t {
-            let fk = ft.sub(name);
-            let field = match spec {
-                Some(s) => s.field(name),
-                None => schema::any_field(name),
-            }
-            .ok_or_else(|| {
-                let fix = match spec {
-                    Some(s) => format!(
-                        "use a field of measurement {}: {}",
-                        s.name,
-                        s.fields
-                            .iter()
-                            .map(|f| f.name)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                    None => "use a field of DATAMODEL.md section 2.2".into(),
-                };
-                cfg(&fk, format!("{name:?} is not a canonical field"), fix)
-            })?;
-            fields.push(compile_field(&fk, field, v, bindings)?);
-        }
-    }
-    if fields.is_empty() {
-        return Err(cfg(
-            r.sub("fields"),
-            "the rule maps no field",
-            "add [route.fields] with at least one canonical field",
-        ));
-    }
-    // Payload fields first, then constants, then derived ones: an inconsistency between two
-    // sent counts is reported as such, not as the negative difference derived from them.
-    fields.sort_by_key(|f| match f.source {
-        Source::Path(_) => 0,
-        Source::Const(_) => 1,
-        Source::Expr(_) => 2,
-    });
-    Ok(fields)
-}
-
-fn compile_field(
-    fk: &str,
-    spec: &'static schema::FieldSpec,
-    v: &toml::Value,
-    bindings: path::Bindings,
-) -> Result<FieldRule, ConfigError> {
-    let numeric = matches!(spec.ty, FieldType::Int | FieldType::Float(_));
-    let t = match v {
-        toml::Value::String(p) => {
-            return Ok(FieldRule {
-                name: spec.name,
-                ty: spec.ty,
-                source: Source::Path(PathAlt::parse(p, bindings).map_err(path_err(fk.into()))?),
-                unit: None,
-                map: None,
-            })
-        }
-        toml::Value::Table(t) => Tbl { key: fk.into(), t },
-        other => {
-            return Err(cfg(
-                fk,
-                format!("expected a path or a table, got {}", other.type_str()),
-                "write \"payload.path\" or { path = \"...\", unit = \"...\" }",
-            ))
-        }
-    };
-    t.only(&["path", "expr", "value", "unit", "map"])?;
-    let given = ["path", "expr", "value"]
-        .iter()
-        .filter(|k| t.t.contains_key(**k))
-        .count();
-    if given != 1 {
-        return Err(cfg(
-            fk,
-            "needs exactly one of path, expr or value",
-            "read it from the payload (path), derive it (expr) or fix it (value)",
-        ));
-    }
-    let source = if let Some(p) = t.str("path")? {
-        Source::Path(PathAlt::parse(p, bindings).map_err(path_err(t.sub("path")))?)
-    } else if let Some(exprs) = t.strings("expr")? {
-        if !numeric {
-            return Err(cfg(
-                t.sub("expr"),
-                format!("{} is not a numeric field", spec.name),
-                "derive only integer or float fields",
-            ));
-        }
-        Source::Expr(
-            exprs
-                .into_iter()
-                .map(|e| Expr::parse(e, bindings).map_err(path_err(t.sub("expr"))))
-                .collect::<Result<Vec<_>, _>>()?,
-        )
-    } else {
-        Source::Const(map_value(&t.sub("value"), &t.t["value"], spec.ty)?)
-    };
-    let unit = match t.str("unit")? {
-        None => None,
-        Some(u) if u.contains('{') => Some(UnitSpec::From(
-            Template::parse(u, bindings).map_err(path_err(t.sub("unit")))?,
-        )),
-        Some(u) => {
-            if !numeric {
-                return Err(cfg(
-                    t.sub("unit"),
-                    format!("{} is not a numeric field", spec.name),
-                    "remove the unit",
-                ));
-            }
-            if !units::is_unit(u) {
-                return Err(cfg(
-                    t.sub("unit"),
-                    format!("unknown unit {u:?}"),
-                    format!(
-                        "use a unit of the registry (src/units.rs) that converts into {}: {}",
-                        spec.name,
-                        units::units_for(spec.name).join(", ")
-                    ),
-                ));
-            }
-            if !units::is_known(spec.name, u) {
-                return Err(cfg(
-                    t.sub("unit"),
-                    format!("{u:?} does not convert into {}", spec.name),
-                    format!("use one of: {}", units::units_for(spec.name).join(", ")),
-                ));
-            }
-            Some(UnitSpec::Fixed(u.to_string()))
-        }
-    };
-    let map = t.table("map")?.map(|m| enum_map(&m, spec.ty)).transpose()?;
-    Ok(FieldRule {
-        name: spec.name,
-        ty: spec.ty,
-        source,
-        unit,
-        map,
-    })
-}
-
-fn compile_time(t: &Tbl, bindings: path::Bindings) -> Result<TimeRule, ConfigError> {
-    t.only(&["path", "format", "zone", "shift", "received"])?;
-    let path = t
-        .str("path")?
-        .map(|p| PathAlt::parse(p, bindings).map_err(path_err(t.sub("path"))))
-        .transpose()?;
-    let received = match t.t.get("received") {
-        None => false,
-        Some(toml::Value::Boolean(b)) => *b,
-        Some(_) => {
-            return Err(cfg(
-                t.sub("received"),
-                "expected true or false",
-                "received = true uses the broker receive time when the payload has none",
-            ))
-        }
-    };
-    if path.is_none() && !received {
-        return Err(cfg(
-            t.sub("path"),
-            "the rule says neither where the time is nor received = true",
-            "give path = \"...\" (the observation time) or received = true (plain numbers)",
-        ));
-    }
-    let format = match t.str("format")?.unwrap_or("auto") {
-        "auto" => TimeFormat::Auto,
-        "rfc3339" => TimeFormat::Rfc3339,
-        "epoch_s" => TimeFormat::EpochS,
-        "epoch_ms" => TimeFormat::EpochMs,
-        "epoch_ns" => TimeFormat::EpochNs,
-        p if p.contains('%') => {
-            let probe = chrono::format::StrftimeItems::new(p);
-            if probe.clone().any(|i| matches!(i, chrono::format::Item::Error)) {
-                return Err(cfg(
-                    t.sub("format"),
-                    format!("{p:?} is not a valid chrono pattern"),
-                    "e.g. \"%m/%d/%Y %H:%M:%S\"",
-                ));
-            }
-            TimeFormat::Pattern(p.to_string())
-        }
-        other => {
-            return Err(cfg(
-                t.sub("format"),
-                format!("unknown time format {other:?}"),
-                "use auto, rfc3339, epoch_s, epoch_ms, epoch_ns or a pattern such as \"%Y-%m-%d %H:%M:%S\"",
-            ))
-        }
-    };
-    let zone = match t.str("zone")? {
-        None => Zone::OfCity,
-        Some(z) => zone(&t.sub("zone"), z, bindings)?,
-    };
-    let shift_ms = match t.str("shift")? {
-        None => 0,
-        Some(s) => parse_shift(&t.sub("shift"), s)?,
-    };
-    Ok(TimeRule {
-        path,
-        format,
-        zone,
-        shift_ms,
-        received,
-    })
 }

@@ -10,7 +10,7 @@
 //! Operands are numbers and paths (see [`super::path`]); `+ - * /`, parentheses, unary minus;
 //! functions `time(path)` (seconds since the epoch of an RFC 3339 time, or of a POSIX number),
 //! `abs(x)`, `min(x, y)`, `max(x, y)`. Why not a general expression crate: the three derivations
-//! DATAMODEL.md needs are one line each here, evaluate without allocating, and report the path
+//! docs/schema.md needs are one line each here, evaluate without allocating, and report the path
 //! that was missing or not a number; a crate would add a dependency and its own error texts.
 //!
 //! An expression whose paths are absent is "not applicable" (the next alternative is tried, or

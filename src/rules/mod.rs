@@ -18,10 +18,16 @@
 //! (every error names its key), `apply` runs them; [`path`], [`template`] and [`expr`] are the
 //! three small languages.
 //!
-//! Validation order for one reading: tags (city, kind, sensor id), fields read from the payload
-//! (type, unit, enumeration, range, and `spaces_occupied <= spaces_operational` as soon as both
-//! are known), constants, derived fields, then the time (format, zone, window). The first error
-//! rejects the reading; other elements of the same message are judged on their own.
+//! Per message first: identity (a payload naming another device or application than its topic
+//! is refused), then the required paths (`missing_decoded_payload`). Validation order for one
+//! reading: tags (city, kind, sensor id, then the tags the measurement requires: `missing_tag`,
+//! or `unknown_device` when the registry lookup that should say the city or kind found nothing),
+//! fields read from the payload (type, unit, enumeration, range, and `spaces_occupied <=
+//! spaces_operational` as soon as both are known), constants, derived fields, SenML records
+//! mapped by their unit, then the time (format, zone, window). The first error rejects the
+//! reading; other elements of the same message are judged on their own. A reading without any
+//! canonical field is `no_canonical_field`; one whose position is outside its city's box is
+//! kept with a warning.
 
 mod apply;
 pub mod compile;
@@ -43,7 +49,7 @@ use expr::Expr;
 use path::{Path, PathAlt};
 use template::Template;
 
-/// Tags a rule may set (DATAMODEL.md section 2.3); `domain` follows from the kind and `source`
+/// Tags a rule may set (docs/schema.md section 2.3); `domain` follows from the kind and `source`
 /// from the rule.
 pub const TAGS: [&str; 7] = [
     "city",
@@ -63,13 +69,20 @@ pub struct Rule {
     pub topics: Vec<String>,
     pub decoder: Decoder,
     pub source: String,
+    /// The rule reads only documents where this path is present; otherwise the next rule for
+    /// the topic is tried (ChirpStack v3 and v4 share their topics).
+    pub when: Option<PathAlt>,
     each: Option<Path>,
     distinct: Option<Template>,
-    require: Vec<(Path, RejectCode)>,
+    require: Vec<(PathAlt, RejectCode)>,
+    /// (payload value, what the operator controls): a payload that says otherwise is refused.
+    identity: Vec<(Template, Template)>,
     lookups: Vec<Lookup>,
     tags: Vec<TagRule>,
     fields: Vec<FieldRule>,
     time: TimeRule,
+    /// SenML record names the fields read; the other records are mapped by their unit.
+    named: Vec<String>,
     /// The city when the rule fixes it (for counting rejects of messages it cannot read).
     pub city: Option<String>,
 }
@@ -175,6 +188,23 @@ struct TimeRule {
     received: bool,
 }
 
+impl Rule {
+    /// True when the rule reads this decoded document (its `when` path, if any, is present).
+    pub fn accepts(&self, doc: &serde_json::Value, topic: &str) -> bool {
+        let Some(when) = &self.when else {
+            return true;
+        };
+        let levels: Vec<&str> = topic.split('/').collect();
+        let scope = path::Scope {
+            message: doc,
+            item: doc,
+            topic: &levels,
+            bindings: &[],
+        };
+        when.first(&scope).is_some()
+    }
+}
+
 /// Compiles the `[[route]]` tables of the configuration text, in order. They are read with the
 /// `toml` crate rather than through `config`, which would fold the case of enumeration keys
 /// (`Fluide`, `OUI`) and cannot hold non-ASCII keys (`Pré-saturé`).
@@ -206,3 +236,5 @@ pub fn compile_routes(text: &str, registry: &Registry) -> Result<Vec<Rule>, Conf
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_real;

@@ -437,11 +437,17 @@ fn lorawan_metadata_comes_from_device_tags_or_the_registry() {
     assert_eq!(*field(r, "tilted"), FieldValue::Bool(true));
     assert_eq!(*field(r, "rssi_dbm"), FieldValue::Float(-95.0));
     assert_eq!(*field(r, "snr_db"), FieldValue::Float(7.3));
-    // a TTS application the registry does not know has no city
+    // a TTS application the registry does not know has no city: the device is unknown
     let tts = r#"{"end_device_ids":{"dev_eui":"AA01","application_ids":{"application_id":"x"}},
         "uplink_message":{"decoded_payload":{"occupied":false},"received_at":"2025-03-14T08:21:37Z"}}"#;
     let o = run("v3/x@ttn/devices/d/up", tts);
-    assert_eq!(codes(&o), vec![RejectCode::MalformedPayload]);
+    assert_eq!(codes(&o), vec![RejectCode::UnknownDevice]);
+    assert!(
+        o.rejects[0].detail.contains("\"x\" in [tts_applications]")
+            && o.rejects[0].detail.contains("\"eui-aa01\" in [devices]"),
+        "{:?}",
+        o.rejects
+    );
 }
 
 #[test]

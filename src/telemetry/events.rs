@@ -10,7 +10,7 @@ use tracing::{debug, error, info, warn};
 
 use super::metrics as m;
 use super::{slot, source_label, Telemetry, CITIES, DOMAINS};
-use crate::model::{Reject, RejectCode};
+use crate::model::{Reject, RejectCode, Warning};
 use crate::schema::SOURCES;
 
 /// Why a store write will be tried again (the `kind` label of the retry counter).
@@ -129,6 +129,14 @@ impl Telemetry {
         self.rejected[c][r].fetch_add(1, Ordering::Relaxed);
         metrics::counter!(m::READINGS_REJECTED,
             "city" => super::label(c, CITIES), "source" => source, "reason" => code.as_str())
+        .increment(1);
+    }
+
+    /// A reading accepted with a warning (docs/schema.md 2.5: a position outside its city's box).
+    pub(crate) fn reading_warning(&self, topic: &str, warning: &Warning) {
+        warn!(topic = %topic, warning = %warning.code, detail = %warning.detail, "accepted with a warning");
+        metrics::counter!(m::READINGS_OUTSIDE_CITY,
+            "city" => super::bounded(&warning.city, CITIES), "source" => source_label(&warning.source))
         .increment(1);
     }
 

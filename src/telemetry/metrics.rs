@@ -9,6 +9,7 @@ use crate::schema::{CITIES, DOMAINS, SOURCES};
 pub(crate) const MESSAGES_RECEIVED: &str = "urbanflux_messages_received_total";
 pub(crate) const READINGS_RECEIVED: &str = "urbanflux_readings_received_total";
 pub(crate) const READINGS_REJECTED: &str = "urbanflux_readings_rejected_total";
+pub(crate) const READINGS_OUTSIDE_CITY: &str = "urbanflux_readings_outside_city_total";
 pub(crate) const READINGS_WRITTEN: &str = "urbanflux_readings_written_total";
 pub(crate) const BATCH_LINES: &str = "urbanflux_sink_batch_lines";
 pub(crate) const WRITE_SECONDS: &str = "urbanflux_sink_write_seconds";
@@ -74,6 +75,16 @@ fn register(subscriptions: &[String]) {
                 metrics::counter!(READINGS_REJECTED, "city" => city, "source" => source, "reason" => code.as_str())
                     .absolute(0);
             }
+        }
+    }
+    describe_counter!(
+        READINGS_OUTSIDE_CITY,
+        "readings accepted with a position outside their city's box"
+    );
+    for city in CITIES {
+        for source in SOURCES {
+            metrics::counter!(READINGS_OUTSIDE_CITY, "city" => *city, "source" => *source)
+                .absolute(0);
         }
     }
     describe_counter!(READINGS_WRITTEN, "readings every sink took");

@@ -30,7 +30,7 @@ const INTERVAL: &str = "1h";
 /// The database the daemon writes to and the dashboard's datasource reads.
 const DATABASE: &str = "urbanflux";
 
-/// The tags of the canonical model (DATAMODEL.md section 2.3).
+/// The tags of the canonical model (docs/schema.md section 2.3).
 const MODEL_TAGS: [&str; 9] = [
     "city",
     "domain",
@@ -364,7 +364,7 @@ impl Reads {
         }
     }
 
-    /// What the query names that the canonical model (DATAMODEL.md section 2) does not have.
+    /// What the query names that the canonical model (docs/schema.md section 2) does not have.
     fn outside_the_model(&self) -> Vec<String> {
         let Some(spec) = schema::measurement(&self.measurement) else {
             return vec![format!("no measurement {:?}", self.measurement)];

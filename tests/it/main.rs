@@ -12,4 +12,5 @@ mod harness;
 mod normalisation;
 mod operations;
 mod pipeline;
+mod real_payloads;
 mod telemetry;

@@ -2,14 +2,16 @@
 //! logs without colour codes when they go to a file, and a SIGHUP that names the keys only a
 //! restart applies (secrets compared by value, not by their redacted print).
 
-use crate::harness::{http_get, Stack, READY_TIMEOUT};
+use crate::harness::fixtures;
+use crate::harness::{eventually, http_get, publish_all, Stack, READY_TIMEOUT, STORE_TIMEOUT};
 
 /// Every family the daemon emits, as an operator's alerts and dashboards name them.
-const FAMILIES: [(&str, &str); 16] = [
+const FAMILIES: [(&str, &str); 17] = [
     ("urbanflux_messages_received_total", "counter"),
     ("urbanflux_readings_received_total", "counter"),
     ("urbanflux_readings_rejected_total", "counter"),
     ("urbanflux_readings_written_total", "counter"),
+    ("urbanflux_readings_outside_city_total", "counter"),
     ("urbanflux_sink_batch_lines", "histogram"),
     ("urbanflux_sink_write_seconds", "histogram"),
     ("urbanflux_sink_retries_total", "counter"),
@@ -94,5 +96,48 @@ fn sighup_with_a_new_store_token_says_that_key_needs_a_restart() {
     assert!(
         !log.contains("second-token") && !log.contains("first-token"),
         "{log}"
+    );
+}
+
+#[test]
+fn a_position_outside_its_city_is_stored_with_a_warning_and_counted() {
+    let stack = Stack::start();
+    let mut daemon = stack.start_daemon();
+    let truck = &fixtures::good_named(&["sf-waste-truck"])[0];
+    // The same lift, reported from New York: kept, but an operator should hear of it.
+    let payload = String::from_utf8(truck.payload.clone())
+        .unwrap()
+        .replace("37.75912", "40.71280");
+    assert!(
+        payload.contains("40.7128"),
+        "the fixture has no latitude to move"
+    );
+    publish_all(
+        stack.broker.port(),
+        &[(truck.topic.as_str(), payload.as_bytes())],
+    );
+    let stored = stack.store.wait_for_samples(
+        r#"{__name__="waste_collection_lat",sensor_id="recology-RC-1187"}"#,
+        1,
+        STORE_TIMEOUT,
+    );
+    assert_eq!(stored[0].value, 40.7128);
+    daemon.wait_for_log("accepted with a warning", READY_TIMEOUT);
+    let series = r#"urbanflux_readings_outside_city_total{city="sf",source="recology"} 1"#;
+    eventually(
+        READY_TIMEOUT,
+        "the outside-city counter to count the truck",
+        || {
+            let (_, text) = http_get(stack.ops_port, "/metrics").expect("GET /metrics");
+            if text.lines().any(|l| l == series) {
+                Ok(())
+            } else {
+                Err(text
+                    .lines()
+                    .filter(|l| l.contains("outside_city"))
+                    .collect::<Vec<_>>()
+                    .join("\n"))
+            }
+        },
     );
 }

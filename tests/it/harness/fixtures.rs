@@ -1,5 +1,5 @@
 //! `tests/fixtures/*.json` (good) and `tests/fixtures/bad/*.json` (must be rejected),
-//! read as DATAMODEL §4 describes them.
+//! read as docs/schema.md §4 describes them.
 
 use super::points::{rfc3339_ms, FieldValue, Point};
 use serde_json::Value;
@@ -16,7 +16,7 @@ pub struct Fixture {
     pub payload: Vec<u8>,
     /// Points in order of appearance (empty for a bad fixture).
     pub expected: Vec<Point>,
-    /// Error code a bad fixture must be rejected with (DATAMODEL §2.5).
+    /// Error code a bad fixture must be rejected with (docs/schema.md §2.5).
     pub expected_error: Option<String>,
     /// Broker receive time to inject (`normalise --received-at`).
     pub received_at: Option<String>,

@@ -40,7 +40,7 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 pub const STORE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A one-shot CLI run (`normalise`, `check-config`) finishes well within this.
 pub const CLI_TIMEOUT: Duration = Duration::from_secs(30);
-/// Floats compare within this (DATAMODEL §4).
+/// Floats compare within this (docs/schema.md §4).
 pub const FLOAT_TOLERANCE: f64 = 1e-9;
 /// The first and the longest pause between two polls: a quick answer is seen quickly, a slow one
 /// (a store export) costs few polls.

@@ -1,4 +1,4 @@
-//! Points as the model defines them (DATAMODEL §2), read from line protocol or a fixture, and
+//! Points as the model defines them (docs/schema.md §2), read from line protocol or a fixture, and
 //! compared with a readable account of each difference.
 
 use std::collections::BTreeMap;
@@ -6,7 +6,7 @@ use std::fmt;
 
 use super::FLOAT_TOLERANCE;
 
-/// A point as the model defines it (DATAMODEL §2), from a fixture or from line protocol.
+/// A point as the model defines it (docs/schema.md §2), from a fixture or from line protocol.
 #[derive(Debug, Clone)]
 pub struct Point {
     pub measurement: String,
