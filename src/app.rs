@@ -23,6 +23,7 @@ use tracing::{error, info, warn};
 use crate::batch::{self, BatchLimits};
 use crate::deadletter::DeadLetters;
 use crate::model::{Message, Outcome};
+use crate::normalise::series::SeriesGuard;
 use crate::normalise::{self, Normaliser};
 use crate::settings::{restart_only_changes, Settings};
 use crate::sink::{influx::InfluxSink, Sink};
@@ -125,6 +126,7 @@ pub(crate) async fn pipeline(
         rules,
         delivery_rx,
         normalised_tx,
+        SeriesGuard::new(settings.max_series_per_source),
         telemetry.clone(),
     ));
     let mut spooler = tokio::spawn(spool::stage::run(

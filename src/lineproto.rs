@@ -4,22 +4,26 @@ use std::fmt::Write;
 
 use crate::model::{FieldValue, Reading};
 
+/// Escaped in measurement names, tag keys and values, field keys. The backslash too: a trailing
+/// `\` would escape the comma after it and the store would refuse the line.
+const TAG_SPECIALS: &[char] = &[',', '=', ' ', '\\'];
+
 /// Appends one line (with its trailing newline) for `reading` to `out`.
 /// Tags are written sorted by key, as InfluxDB recommends.
 pub fn encode(reading: &Reading, out: &mut String) {
-    escape(reading.measurement, &[',', ' '], out);
+    escape(reading.measurement, &[',', ' ', '\\'], out);
     let mut tags: Vec<&(&str, String)> =
         reading.tags.iter().filter(|(_, v)| !v.is_empty()).collect();
     tags.sort_unstable_by_key(|(k, _)| *k);
     for (key, value) in tags {
         out.push(',');
-        escape(key, &[',', '=', ' '], out);
+        escape(key, TAG_SPECIALS, out);
         out.push('=');
-        escape(value, &[',', '=', ' '], out);
+        escape(value, TAG_SPECIALS, out);
     }
     for (i, (key, value)) in reading.fields.iter().enumerate() {
         out.push(if i == 0 { ' ' } else { ',' });
-        escape(key, &[',', '=', ' '], out);
+        escape(key, TAG_SPECIALS, out);
         out.push('=');
         match value {
             FieldValue::Int(v) => {
@@ -81,5 +85,16 @@ mod tests {
             "bikeshare,city=sf,kind=dock\\ station,sensor_id=baywheels-8a1c \
              bikes_available=7i,is_renting=true,flow=642,state=\"say \\\"hi\\\"\" 1741963290000\n"
         );
+    }
+
+    #[test]
+    fn a_trailing_backslash_in_a_tag_cannot_escape_the_separator_after_it() {
+        let r = Reading {
+            measurement: "water",
+            tags: vec![("route_id", "a\\".into()), ("city", "sf".into())],
+            fields: vec![("ph", FieldValue::Float(7.0))],
+            time_ms: 1,
+        };
+        assert_eq!(to_line(&r), "water,city=sf,route_id=a\\\\ ph=7 1\n");
     }
 }

@@ -96,12 +96,15 @@ pub enum RejectCode {
     NoCanonicalField,
     /// A tag the measurement requires (docs/schema.md 2.3) is absent; sensor_id has its own code.
     MissingTag,
+    /// The reading would start a series beyond `limits.max_series_per_source` for its city and
+    /// source (a gateway putting free text or ids in tags).
+    CardinalityLimit,
     /// The store refused the line for good (a 4xx other than auth/throttling).
     StoreRejected,
 }
 
 impl RejectCode {
-    pub const ALL: [RejectCode; 18] = [
+    pub const ALL: [RejectCode; 19] = [
         Self::MalformedJson,
         Self::MalformedPayload,
         Self::UnsupportedUnit,
@@ -119,6 +122,7 @@ impl RejectCode {
         Self::UnknownDevice,
         Self::NoCanonicalField,
         Self::MissingTag,
+        Self::CardinalityLimit,
         Self::StoreRejected,
     ];
 
@@ -141,6 +145,7 @@ impl RejectCode {
             Self::UnknownDevice => "unknown_device",
             Self::NoCanonicalField => "no_canonical_field",
             Self::MissingTag => "missing_tag",
+            Self::CardinalityLimit => "cardinality_limit",
             Self::StoreRejected => "store_rejected",
         }
     }

@@ -370,6 +370,58 @@ pub fn field_for_unit(spec: &MeasurementSpec, unit: &str) -> Option<&'static Fie
     }
 }
 
+/// The longest tag value written: a tag is an index key, not a text field.
+pub const MAX_TAG_BYTES: usize = 128;
+
+/// The values of the enumerated tags (docs/schema.md 2.3).
+pub const WASTE_STREAMS: [&str; 7] = [
+    "residual",
+    "mixed_recycling",
+    "glass",
+    "organic",
+    "paper",
+    "textile",
+    "other",
+];
+pub const VEHICLE_CLASSES: [&str; 2] = ["all", "bicycle"];
+
+/// A tag value as the model allows it (docs/schema.md 2.3): the enumerations their values, the
+/// district its code (INSEE `NNNNN` in Paris, `sdNN` in San Francisco), every other tag at most
+/// [`MAX_TAG_BYTES`] of `[A-Za-z0-9._:@/-]`. Free text never becomes a series.
+fn check_tag(key: &str, value: &str) -> Result<(), Reject> {
+    let bad = |why: &str| {
+        Err(Reject::new(
+            RejectCode::MalformedPayload,
+            format!("tag {key}: {value:?} {why}"),
+        ))
+    };
+    if value.is_empty() {
+        return Ok(());
+    }
+    match key {
+        "waste_stream" if !WASTE_STREAMS.contains(&value) => {
+            bad(&format!("is not one of {}", WASTE_STREAMS.join(", ")))
+        }
+        "vehicle_class" if !VEHICLE_CLASSES.contains(&value) => bad("is not all or bicycle"),
+        "district"
+            if !(value.len() == 5 && value.bytes().all(|b| b.is_ascii_digit())
+                || value.len() == 4
+                    && value.starts_with("sd")
+                    && value[2..].bytes().all(|b| b.is_ascii_digit())) =>
+        {
+            bad("is not an INSEE code (75112) nor a supervisor district (sd06)")
+        }
+        _ if value.len() > MAX_TAG_BYTES => bad(&format!("is longer than {MAX_TAG_BYTES} bytes")),
+        _ if !value
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"._:@/-".contains(&c)) =>
+        {
+            bad("has characters outside [A-Za-z0-9._:@/-]")
+        }
+        _ => Ok(()),
+    }
+}
+
 pub fn valid_sensor_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
@@ -433,10 +485,10 @@ impl PointBuilder {
     /// field takes the nearest integer) and checked against its range.
     pub fn num(&mut self, field: &str, value: f64) -> Result<&mut Self, Reject> {
         let spec = self.spec_of(field)?;
-        if !value.is_finite() {
+        if value.is_nan() {
             return Err(Reject::new(
                 RejectCode::MalformedPayload,
-                format!("field {field}: {value} is not a finite number"),
+                format!("field {field}: {value} is not a number"),
             ));
         }
         let value = match spec.ty {
@@ -453,6 +505,14 @@ impl PointBuilder {
                 ))
             }
         };
+        // A value too large for the field (1e308 W in kW, or once scaled for rounding) would be
+        // written as `inf`, which no store takes.
+        if !value.is_finite() || (spec.ty == FieldType::Int && value.abs() >= 9.2e18) {
+            return Err(Reject::new(
+                RejectCode::OutOfRange,
+                format!("field {field}: the value overflows once converted and rounded"),
+            ));
+        }
         if let Some((lo, hi)) = spec.range {
             if value < lo || value > hi {
                 let range = if hi == f64::MAX {
@@ -514,8 +574,15 @@ impl PointBuilder {
 
     pub fn string(&mut self, field: &str, value: impl Into<String>) -> Result<&mut Self, Reject> {
         let spec = self.spec_of(field)?;
+        let value = value.into();
+        if value.chars().any(char::is_control) {
+            return Err(Reject::new(
+                RejectCode::MalformedPayload,
+                format!("field {field}: {value:?} holds a control character"),
+            ));
+        }
         match spec.ty {
-            FieldType::Str => self.set(spec.name, FieldValue::Str(value.into())),
+            FieldType::Str => self.set(spec.name, FieldValue::Str(value)),
             _ => {
                 return Err(Reject::new(
                     RejectCode::MalformedPayload,
@@ -557,6 +624,9 @@ impl PointBuilder {
                 ))
             }
             Some(_) => {}
+        }
+        for (key, value) in &self.tags {
+            check_tag(key, value)?;
         }
         for required in ALWAYS_TAGS.iter().chain(required_tags(self.spec)) {
             if get(required).is_none_or(|v| v.is_empty()) {

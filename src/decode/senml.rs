@@ -5,6 +5,9 @@
 //! "pressure": {"v": 412500, "u": "Pa"}, ...}]}`. Records without a name (a pack named only by
 //! its base name, RFC 8428 5.1.1) are listed under `_unnamed`; rules map them by their unit.
 
+use std::collections::HashMap;
+use std::rc::Rc;
+
 use serde_json::{Map, Value};
 
 use crate::model::{Reject, RejectCode};
@@ -13,6 +16,11 @@ use crate::units;
 /// The key of a group's records that have no name (a pack named only by its base name):
 /// a list, since several may share a time.
 pub const UNNAMED: &str = "_unnamed";
+
+/// A base name longer than this is no device name: refused before it is copied into every group.
+pub const MAX_BASE_NAME: usize = 1024;
+/// Records of one pack at most (a 256 KiB payload holds fewer): the pack is refused beyond.
+pub const MAX_RECORDS: usize = 100_000;
 
 /// Times below 2^28 are relative to "now" (the receive time); at or above, absolute seconds.
 const RELATIVE_TIME_LIMIT: f64 = 268_435_456.0;
@@ -27,7 +35,8 @@ pub enum SenmlValue {
 /// One resolved record: full name (bn + n), unit (u or bu), value (v + bv), time in ms.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
-    pub base_name: String,
+    /// Shared by the records of one base name: a long base name is never copied per record.
+    pub base_name: Rc<str>,
     pub name: String,
     pub unit: String,
     pub value: SenmlValue,
@@ -45,7 +54,16 @@ pub fn decode(doc: &Value, received_ms: i64) -> Result<Vec<Record>, Reject> {
             ),
         )
     })?;
-    let mut base_name = String::new();
+    if pack.len() > MAX_RECORDS {
+        return Err(Reject::new(
+            RejectCode::PayloadTooLarge,
+            format!(
+                "the SenML pack has {} records, at most {MAX_RECORDS} are read",
+                pack.len()
+            ),
+        ));
+    }
+    let mut base_name: Rc<str> = Rc::from("");
     let mut base_time = 0.0;
     let mut base_unit = String::new();
     let mut base_value = 0.0;
@@ -80,7 +98,13 @@ pub fn decode(doc: &Value, received_ms: i64) -> Result<Vec<Record>, Reject> {
             }
         };
         if let Some(bn) = text("bn")? {
-            base_name = bn.to_string();
+            if bn.len() > MAX_BASE_NAME {
+                return Err(bad(format!(
+                    "the base name is {} bytes long, at most {MAX_BASE_NAME}",
+                    bn.len()
+                )));
+            }
+            base_name = Rc::from(bn);
         }
         if let Some(bt) = num("bt")? {
             base_time = bt;
@@ -117,7 +141,7 @@ pub fn decode(doc: &Value, received_ms: i64) -> Result<Vec<Record>, Reject> {
             received_ms.saturating_add((t * 1000.0).trunc() as i64)
         };
         out.push(Record {
-            base_name: base_name.clone(),
+            base_name: Rc::clone(&base_name),
             name: name.to_string(),
             unit: text("u")?
                 .map(str::to_string)
@@ -132,7 +156,9 @@ pub fn decode(doc: &Value, received_ms: i64) -> Result<Vec<Record>, Reject> {
 /// Decodes a pack (see the module doc). `received_ms` anchors relative times.
 pub fn groups(doc: &Value, received_ms: i64) -> Result<Value, Reject> {
     let records = decode(doc, received_ms)?;
-    let mut groups: Vec<(String, i64, Map<String, Value>)> = Vec::new();
+    let mut groups: Vec<Map<String, Value>> = Vec::new();
+    // (base name, time) -> its group: one lookup per record, never a scan of the groups.
+    let mut index: HashMap<(Rc<str>, i64), usize> = HashMap::new();
     for r in records {
         if !r.unit.is_empty() && !units::is_senml_unit(&r.unit) {
             return Err(Reject::new(
@@ -143,25 +169,18 @@ pub fn groups(doc: &Value, received_ms: i64) -> Result<Value, Reject> {
                 ),
             ));
         }
-        let bn = r
-            .base_name
-            .trim_end_matches([':', '/', '.', '_', '-'])
-            .to_string();
-        let idx = match groups
-            .iter()
-            .position(|(b, t, _)| *b == bn && *t == r.time_ms)
-        {
-            Some(i) => i,
-            None => {
+        let idx = *index
+            .entry((Rc::clone(&r.base_name), r.time_ms))
+            .or_insert_with(|| {
+                let bn = r.base_name.trim_end_matches([':', '/', '.', '_', '-']);
                 let mut m = Map::new();
                 if !bn.is_empty() {
-                    m.insert("_bn".into(), Value::String(bn.clone()));
+                    m.insert("_bn".into(), Value::String(bn.to_string()));
                 }
                 m.insert("_time_ms".into(), Value::Number(r.time_ms.into()));
-                groups.push((bn, r.time_ms, m));
+                groups.push(m);
                 groups.len() - 1
-            }
-        };
+            });
         let value = match r.value {
             SenmlValue::Number(n) => serde_json::Number::from_f64(n)
                 .map(Value::Number)
@@ -176,14 +195,13 @@ pub fn groups(doc: &Value, received_ms: i64) -> Result<Value, Reject> {
         }
         if r.name.is_empty() {
             let list = groups[idx]
-                .2
                 .entry(UNNAMED)
                 .or_insert_with(|| Value::Array(Vec::new()));
             if let Value::Array(l) = list {
                 l.push(Value::Object(rec));
             }
         } else {
-            groups[idx].2.insert(r.name, Value::Object(rec));
+            groups[idx].insert(r.name, Value::Object(rec));
         }
     }
     if groups.is_empty() {
@@ -192,10 +210,7 @@ pub fn groups(doc: &Value, received_ms: i64) -> Result<Value, Reject> {
             "the SenML pack holds no record with a value",
         ));
     }
-    let list = groups
-        .into_iter()
-        .map(|(_, _, m)| Value::Object(m))
-        .collect();
+    let list = groups.into_iter().map(Value::Object).collect();
     let mut doc = Map::new();
     doc.insert("groups".into(), Value::Array(list));
     Ok(Value::Object(doc))
@@ -217,7 +232,7 @@ mod tests {
         assert_eq!(r[0].time_ms, 1_741_939_200_000);
         assert_eq!(r[1].time_ms, 1_741_938_900_000);
         assert_eq!(r[1].unit, "Cel");
-        assert_eq!(r[2].base_name, "other:");
+        assert_eq!(&*r[2].base_name, "other:");
         assert_eq!(r[2].time_ms, 1_000_000_000_000 - 60_000);
     }
 
@@ -243,5 +258,31 @@ mod tests {
     fn a_pack_that_is_not_an_array_is_malformed() {
         let e = decode(&json!({"n": "x"}), 0).unwrap_err();
         assert_eq!(e.code, RejectCode::MalformedPayload);
+    }
+
+    #[test]
+    fn a_huge_base_name_or_pack_is_refused_before_it_is_copied() {
+        let bn = "x".repeat(MAX_BASE_NAME + 1);
+        let doc = serde_json::json!([{"bn": bn, "n": "t", "u": "Cel", "v": 1}]);
+        let e = decode(&doc, 0).unwrap_err();
+        assert_eq!(e.code, RejectCode::MalformedPayload);
+        assert!(e.detail.contains("base name"), "{}", e.detail);
+        let many: Vec<Value> = (0..=MAX_RECORDS).map(|_| serde_json::json!({})).collect();
+        assert_eq!(
+            decode(&Value::Array(many), 0).unwrap_err().code,
+            RejectCode::PayloadTooLarge
+        );
+    }
+
+    #[test]
+    fn records_at_sixteen_thousand_times_make_as_many_groups() {
+        // One group per time (found through an index: a scan per record was quadratic).
+        let recs: Vec<Value> = (0..16_000)
+            .map(|i| serde_json::json!({"bn": "urn:dev:ow:10e2073a01080063:", "n": "temp", "u": "Cel", "v": 20, "t": 1_741_939_200 + i}))
+            .collect();
+        let doc = groups(&Value::Array(recs), 0).unwrap();
+        let groups = doc["groups"].as_array().unwrap();
+        assert_eq!(groups.len(), 16_000);
+        assert_eq!(groups[15_999]["_bn"], "urn:dev:ow:10e2073a01080063");
     }
 }

@@ -15,6 +15,7 @@ use crate::registry::Registry;
 use crate::rules::{Input, Rule};
 use crate::settings::Settings;
 
+pub(crate) mod series;
 pub(crate) mod stage;
 
 /// The compiled rules, the registry and the limits; cheap to clone (everything is shared).
@@ -23,6 +24,7 @@ pub struct Normaliser {
     rules: Arc<[Rule]>,
     registry: Arc<Registry>,
     max_payload_bytes: usize,
+    max_readings: usize,
 }
 
 impl Normaliser {
@@ -31,6 +33,7 @@ impl Normaliser {
             rules: settings.routes.clone().into(),
             registry: settings.registry.clone(),
             max_payload_bytes: settings.max_payload_bytes,
+            max_readings: settings.max_readings_per_message,
         }
     }
 
@@ -106,6 +109,7 @@ impl Normaliser {
                 received_ms,
                 now,
                 registry: &self.registry,
+                max_readings: self.max_readings,
             },
         )
     }

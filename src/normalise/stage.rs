@@ -6,6 +6,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use tokio::sync::{mpsc, watch};
 
+use super::series::SeriesGuard;
 use super::Normaliser;
 use crate::lineproto;
 use crate::model::{Delivery, Normalised, Reading, Record};
@@ -20,6 +21,7 @@ pub(crate) async fn run(
     mut rules: watch::Receiver<Arc<Normaliser>>,
     mut deliveries: mpsc::UnboundedReceiver<Delivery>,
     out: mpsc::Sender<Normalised>,
+    mut guard: SeriesGuard,
     telemetry: Arc<Telemetry>,
 ) {
     let mut normaliser = rules.borrow_and_update().clone();
@@ -29,7 +31,14 @@ pub(crate) async fn run(
             telemetry.rules_changed();
         }
         telemetry.message_received();
-        let outcome = normaliser.normalise(&message, Utc::now());
+        let mut outcome = normaliser.normalise(&message, Utc::now());
+        outcome.readings.retain(|r| match guard.admit(r) {
+            Ok(()) => true,
+            Err(reject) => {
+                outcome.rejects.push(reject);
+                false
+            }
+        });
         telemetry.message_normalised(
             &message.topic,
             outcome.readings.len(),

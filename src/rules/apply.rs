@@ -21,6 +21,8 @@ pub struct Input<'a> {
     pub received_ms: i64,
     pub now: DateTime<Utc>,
     pub registry: &'a Registry,
+    /// Elements beyond which the message is refused whole (`limits.max_readings_per_message`).
+    pub max_readings: usize,
 }
 
 fn malformed(detail: impl Into<String>) -> Reject {
@@ -74,6 +76,19 @@ impl Rule {
                 each.all(&root)
             }
         };
+        if items.len() > input.max_readings {
+            return Outcome::rejected(Reject::new(
+                RejectCode::PayloadTooLarge,
+                format!(
+                    "{} elements at {}, the limit (limits.max_readings_per_message) is {}",
+                    items.len(),
+                    self.each
+                        .as_ref()
+                        .map_or("the document", |e| e.text.as_str()),
+                    input.max_readings
+                ),
+            ));
+        }
         let many = self.each.is_some();
         let mut out = Outcome::default();
         let mut seen = HashSet::new();

@@ -33,6 +33,10 @@ pub struct Settings {
     pub ops_listen: Option<std::net::SocketAddr>,
     pub state_dir: PathBuf,
     pub max_payload_bytes: usize,
+    /// Elements of one message (GBFS stations, SenML records, ...) beyond which it is refused.
+    pub max_readings_per_message: usize,
+    /// Distinct series (measurement + tags) per city and source the daemon lets in.
+    pub max_series_per_source: usize,
     pub log_level: String,
     /// The normalisation rules, compiled (`[[route]]`, see [`crate::rules`]).
     pub routes: Vec<Rule>,
@@ -188,6 +192,10 @@ pub fn restart_only_changes(old: &Settings, new: &Settings) -> Vec<&'static str>
         (
             "shutdown.drain_timeout",
             old.drain_timeout != new.drain_timeout,
+        ),
+        (
+            "limits.max_series_per_source",
+            old.max_series_per_source != new.max_series_per_source,
         ),
     ]
     .into_iter()

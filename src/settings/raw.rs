@@ -200,12 +200,16 @@ impl Default for RawState {
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawLimits {
     pub(super) max_payload_bytes: usize,
+    pub(super) max_readings_per_message: usize,
+    pub(super) max_series_per_source: usize,
 }
 
 impl Default for RawLimits {
     fn default() -> Self {
         RawLimits {
             max_payload_bytes: 262_144,
+            max_readings_per_message: 10_000,
+            max_series_per_source: 50_000,
         }
     }
 }

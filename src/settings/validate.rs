@@ -180,12 +180,26 @@ impl Raw {
             check_filter(&key, filter)?;
             expected_interval.push((filter.clone(), duration(&key, d)?));
         }
-        if self.limits.max_payload_bytes == 0 {
-            return Err(err(
+        for (key, value, example) in [
+            (
                 "limits.max_payload_bytes",
-                "must be at least 1",
-                "e.g. 262144 (256 KiB)",
-            ));
+                self.limits.max_payload_bytes,
+                "262144 (256 KiB)",
+            ),
+            (
+                "limits.max_readings_per_message",
+                self.limits.max_readings_per_message,
+                "10000",
+            ),
+            (
+                "limits.max_series_per_source",
+                self.limits.max_series_per_source,
+                "50000",
+            ),
+        ] {
+            if value == 0 {
+                return Err(err(key, "must be at least 1", format!("e.g. {example}")));
+            }
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
             err(
@@ -236,6 +250,8 @@ impl Raw {
             },
             state_dir: self.state.dir,
             max_payload_bytes: self.limits.max_payload_bytes,
+            max_readings_per_message: self.limits.max_readings_per_message,
+            max_series_per_source: self.limits.max_series_per_source,
             log_level: self.log.level,
             routes: Vec::new(),
             registry: Arc::default(),

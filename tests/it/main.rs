@@ -9,6 +9,7 @@
 mod dashboards;
 mod faults;
 mod harness;
+mod hostile;
 mod normalisation;
 mod operations;
 mod pipeline;

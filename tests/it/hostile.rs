@@ -1,0 +1,107 @@
+//! Hostile input: a gateway that invents a series per message, a feed larger than any city
+//! has, text that would break line protocol. Each ends as dead letters with its own reason,
+//! and the readings around it are stored.
+
+use crate::harness::{publish_all, Stack, STORE_TIMEOUT};
+
+fn bin(id: &str, second: u32, fill: u32, stream: &str) -> (String, Vec<u8>) {
+    (
+        format!("sf/dpw/bins/{id}"),
+        format!(
+            r#"{{"device_id":"{id}","timestamp":"2025-03-14T16:05:{second:02}Z","fullness_pct":{fill},"stream":"{stream}"}}"#
+        )
+        .into_bytes(),
+    )
+}
+
+fn reasons(letters: &[serde_json::Value]) -> Vec<String> {
+    let mut r: Vec<String> = letters
+        .iter()
+        .map(|l| l["reason"].as_str().unwrap_or_default().to_string())
+        .collect();
+    r.sort();
+    r
+}
+
+#[test]
+fn past_the_series_limit_new_series_are_dead_lettered_and_known_ones_still_flow() {
+    let stack = Stack::start();
+    let _daemon = stack.start_daemon_with(&[("URBANFLUX__LIMITS__MAX_SERIES_PER_SOURCE", "3")]);
+    let first: Vec<_> = (0..5)
+        .map(|i| bin(&format!("CARD-{i}"), i, 40, "landfill"))
+        .collect();
+    publish_all(stack.broker.port(), &first);
+    let letters = stack.wait_for_deadletters(2, STORE_TIMEOUT);
+    assert_eq!(
+        reasons(&letters),
+        ["cardinality_limit", "cardinality_limit"],
+        "{letters:#?}"
+    );
+    assert!(letters[0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("max_series_per_source"));
+    // A series already known is not a new one: its next reading is stored.
+    publish_all(stack.broker.port(), &[bin("CARD-0", 30, 55, "landfill")]);
+    let stored = stack.store.wait_for_samples(
+        r#"{__name__="waste_container_fill_ratio"}"#,
+        4,
+        STORE_TIMEOUT,
+    );
+    assert_eq!(stored.len(), 4, "{stored:?}");
+    assert!(stored.iter().any(|s| s.value == 0.55));
+}
+
+#[test]
+fn a_feed_with_more_elements_than_the_limit_is_refused_whole() {
+    let stack = Stack::start();
+    let _daemon = stack.start_daemon_with(&[("URBANFLUX__LIMITS__MAX_READINGS_PER_MESSAGE", "2")]);
+    let stations: Vec<String> = (0..3)
+        .map(|i| format!(r#"{{"station_id":"s{i}","num_bikes_available":3,"num_docks_available":4,"is_installed":1,"is_renting":1,"is_returning":1,"last_reported":1741963290}}"#))
+        .collect();
+    let feed = format!(
+        r#"{{"last_updated":1741963325,"data":{{"stations":[{}]}}}}"#,
+        stations.join(",")
+    );
+    publish_all(
+        stack.broker.port(),
+        &[("sf/baywheels/gbfs/station_status", feed.as_bytes())],
+    );
+    let letters = stack.wait_for_deadletters(1, STORE_TIMEOUT);
+    assert_eq!(reasons(&letters), ["payload_too_large"], "{letters:#?}");
+    assert!(letters[0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("max_readings_per_message"));
+}
+
+#[test]
+fn text_that_would_break_line_protocol_never_reaches_the_store() {
+    let stack = Stack::start();
+    let _daemon = stack.start_daemon();
+    publish_all(
+        stack.broker.port(),
+        &[
+            // A backslash and a comma in a tag: a trailing `\` would escape the separator.
+            bin("LP-1", 1, 40, "land\\\\fill,x=y"),
+            // A value that overflows once scaled (1e308 % of a ratio is still out of range).
+            (
+                "sf/dpw/bins/LP-2".to_string(),
+                br#"{"device_id":"LP-2","timestamp":"2025-03-14T16:05:02Z","fullness_pct":1e308,"stream":"landfill"}"#.to_vec(),
+            ),
+            bin("LP-3", 3, 40, "landfill"),
+        ],
+    );
+    let letters = stack.wait_for_deadletters(2, STORE_TIMEOUT);
+    assert_eq!(
+        reasons(&letters),
+        ["malformed_payload", "out_of_range"],
+        "{letters:#?}"
+    );
+    let stored = stack.store.wait_for_samples(
+        r#"{__name__="waste_container_fill_ratio",sensor_id="dpw-LP-3"}"#,
+        1,
+        STORE_TIMEOUT,
+    );
+    assert_eq!(stored[0].value, 0.4);
+}
