@@ -37,6 +37,17 @@ pub enum Decoder {
 impl Decoder {
     pub const NAMES: [&'static str; 5] = ["json", "senml", "lp", "plain", "csv"];
 
+    /// The name a rule gives it (`decoder = "..."`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Decoder::Json(_) => "json",
+            Decoder::Senml => "senml",
+            Decoder::Lp => "lp",
+            Decoder::Plain => "plain",
+            Decoder::Csv(_) => "csv",
+        }
+    }
+
     /// The path of the elements a rule makes readings of, unless it says otherwise.
     pub fn default_each(&self) -> Option<&'static str> {
         match self {

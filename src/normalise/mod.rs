@@ -42,6 +42,12 @@ impl Normaliser {
         self.rules.iter().find(|r| r.matches(topic))
     }
 
+    /// The decoder of the first rule for `topic` (`json`, `senml`, ...), for tools that group
+    /// inputs by format.
+    pub fn decoder_of(&self, topic: &str) -> Option<&'static str> {
+        self.rule(topic).map(|r| r.decoder.name())
+    }
+
     /// Decodes and normalises one message.
     pub fn normalise(&self, msg: &Message, now: DateTime<Utc>) -> Outcome {
         if msg.payload.len() > self.max_payload_bytes {
