@@ -17,6 +17,11 @@ use super::Telemetry;
 
 /// A request head larger than this is not one of ours.
 const MAX_REQUEST: usize = 8 * 1024;
+/// Connections answered at once: a scraper, a probe and an operator need a handful; a client
+/// that opens more (or never finishes its request) cannot take the daemon's file descriptors.
+const MAX_CONNECTIONS: usize = 16;
+/// The whole of one request, from accept to the last byte of the answer.
+const REQUEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What /metrics renders; `None` when another recorder was installed first.
 pub(crate) type Metrics = Option<Handle>;
@@ -30,6 +35,7 @@ pub(crate) async fn serve(
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "ops endpoint listening (/metrics, /healthz, /readyz)");
     }
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             // Shutdown: stop answering.
@@ -39,7 +45,15 @@ pub(crate) async fn serve(
         };
         match accepted {
             Ok((stream, _)) => {
-                tokio::spawn(answer(stream, telemetry.clone(), metrics.clone()));
+                // Full: the connection is closed at once rather than queued.
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    continue;
+                };
+                let work = answer(stream, telemetry.clone(), metrics.clone());
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(REQUEST_DEADLINE, work).await;
+                    drop(slot);
+                });
             }
             Err(e) => warn!(error = %e, "ops endpoint: accept failed"),
         }

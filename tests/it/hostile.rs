@@ -105,3 +105,56 @@ fn text_that_would_break_line_protocol_never_reaches_the_store() {
     );
     assert_eq!(stored[0].value, 0.4);
 }
+
+#[test]
+fn clients_that_never_finish_their_request_cannot_starve_the_ops_endpoint() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+    let stack = Stack::start();
+    let _daemon = stack.start_daemon();
+    // 200 connections that send half a request line and wait (slowloris).
+    let idle: Vec<TcpStream> = (0..200)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", stack.ops_port)).expect("connect");
+            s.write_all(b"GET /metr").expect("send half a request");
+            s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+            s
+        })
+        .collect();
+    let closed = |idle: &[TcpStream]| {
+        idle.iter()
+            .filter(|s| {
+                let mut s: &TcpStream = s;
+                // Closed with our request unread, the socket is reset rather than ended.
+                match s.read(&mut [0u8; 16]) {
+                    Ok(0) => true,
+                    Err(e) => !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ),
+                    Ok(_) => false,
+                }
+            })
+            .count()
+    };
+    // Beyond the 16 it answers at once, the daemon closes new connections straight away ...
+    std::thread::sleep(Duration::from_secs(1));
+    let early = closed(&idle);
+    assert!(
+        early >= 200 - 16,
+        "only {early} of 200 idle connections were refused"
+    );
+    // ... and the ones it holds at the request deadline (5 s), so probes get through again.
+    let health = crate::harness::eventually(
+        Duration::from_secs(15),
+        "/healthz to answer after the idle clients' deadline",
+        || crate::harness::http_get(stack.ops_port, "/healthz").map_err(|e| e.to_string()),
+    );
+    assert_eq!(health.0, 200);
+    assert_eq!(
+        closed(&idle),
+        200,
+        "an idle connection outlived the request deadline"
+    );
+}
