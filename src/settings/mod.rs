@@ -38,6 +38,19 @@ pub struct Settings {
     pub routes: Vec<Rule>,
     /// The device registry the rules look static metadata up in.
     pub registry: Arc<Registry>,
+    /// Last-seen tracking of devices and their silence (`[devices]`).
+    pub devices: DevicesSettings,
+}
+
+/// `[devices]`: how many devices are tracked, how often silence is judged and the state saved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DevicesSettings {
+    /// Devices beyond this many are not tracked (memory stays bounded), and counted.
+    pub max_tracked: NonZeroUsize,
+    /// How often devices are judged silent or reporting (and the gauge refreshed).
+    pub evaluate_every: Duration,
+    /// How often the state file `<state.dir>/devices.json` is rewritten when it changed.
+    pub save_every: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

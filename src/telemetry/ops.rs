@@ -1,6 +1,7 @@
 //! The operations endpoint: `/metrics` (Prometheus text format), `/healthz` (the process
-//! answers) and `/readyz` (connected and subscribed, spool not full, store accepting writes; 503
-//! with the reasons otherwise).
+//! answers), `/readyz` (connected and subscribed, spool not full, store accepting writes; 503
+//! with the reasons otherwise) and `/devices` (`?state=silent` or `?state=reporting`: the
+//! tracked devices as a JSON array).
 //! Bound to 127.0.0.1 by default. A deliberately small HTTP/1.1 responder: two fixed paths, no
 //! request bodies, so a web framework would be all weight and no use.
 
@@ -14,6 +15,7 @@ use tracing::{info, warn};
 
 use super::metrics::{Handle, READY};
 use super::Telemetry;
+use crate::devices::{self, Tracker};
 
 /// A request head larger than this is not one of ours.
 const MAX_REQUEST: usize = 8 * 1024;
@@ -25,10 +27,11 @@ pub(crate) async fn serve(
     listener: TcpListener,
     telemetry: Arc<Telemetry>,
     metrics: Metrics,
+    devices: Arc<Tracker>,
     shutdown: CancellationToken,
 ) {
     if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "ops endpoint listening (/metrics, /healthz, /readyz)");
+        info!(%addr, "ops endpoint listening (/metrics, /healthz, /readyz, /devices)");
     }
     loop {
         let accepted = tokio::select! {
@@ -39,7 +42,12 @@ pub(crate) async fn serve(
         };
         match accepted {
             Ok((stream, _)) => {
-                tokio::spawn(answer(stream, telemetry.clone(), metrics.clone()));
+                tokio::spawn(answer(
+                    stream,
+                    telemetry.clone(),
+                    metrics.clone(),
+                    devices.clone(),
+                ));
             }
             Err(e) => warn!(error = %e, "ops endpoint: accept failed"),
         }
@@ -50,7 +58,12 @@ pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-async fn answer(mut stream: tokio::net::TcpStream, telemetry: Arc<Telemetry>, metrics: Metrics) {
+async fn answer(
+    mut stream: tokio::net::TcpStream,
+    telemetry: Arc<Telemetry>,
+    metrics: Metrics,
+    tracker: Arc<Tracker>,
+) {
     let mut buf = vec![0u8; MAX_REQUEST];
     let mut len = 0;
     while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") && len < MAX_REQUEST {
@@ -65,9 +78,23 @@ async fn answer(mut stream: tokio::net::TcpStream, telemetry: Arc<Telemetry>, me
         }
     }
     let head = String::from_utf8_lossy(&buf[..len]);
-    let path = head.split_whitespace().nth(1).unwrap_or("/");
+    let target = head.split_whitespace().nth(1).unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let mut content_type = "text/plain; charset=utf-8";
     let (status, body) = match path {
+        "/devices" => match device_filter(query) {
+            Ok(only) => {
+                content_type = "application/json";
+                let list: Vec<serde_json::Value> = tracker
+                    .devices()
+                    .iter()
+                    .filter(|d| only.is_none_or(|s| d.state == s))
+                    .map(devices::file::to_json)
+                    .collect();
+                ("200 OK", serde_json::Value::Array(list).to_string())
+            }
+            Err(why) => ("400 Bad Request", why),
+        },
         "/metrics" => match &metrics {
             Some(handle) => {
                 content_type = "text/plain; version=0.0.4; charset=utf-8";
@@ -95,7 +122,7 @@ async fn answer(mut stream: tokio::net::TcpStream, telemetry: Arc<Telemetry>, me
         }
         _ => (
             "404 Not Found",
-            "try /metrics, /healthz or /readyz\n".to_string(),
+            "try /metrics, /healthz, /readyz or /devices\n".to_string(),
         ),
     };
     let reply = format!(
@@ -103,4 +130,16 @@ async fn answer(mut stream: tokio::net::TcpStream, telemetry: Arc<Telemetry>, me
         body.len()
     );
     let _ = stream.write_all(reply.as_bytes()).await;
+}
+
+/// `state=silent` or `state=reporting`; nothing: every device.
+fn device_filter(query: &str) -> Result<Option<devices::State>, String> {
+    if query.is_empty() {
+        return Ok(None);
+    }
+    query
+        .strip_prefix("state=")
+        .and_then(devices::State::parse)
+        .map(Some)
+        .ok_or_else(|| format!("unknown query {query:?}: use /devices, /devices?state=silent or /devices?state=reporting\n"))
 }
