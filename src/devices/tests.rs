@@ -223,3 +223,34 @@ fn the_table_lists_silent_devices_first() {
     );
     assert_eq!(lines[3], "2 devices, 1 silent");
 }
+
+#[test]
+fn the_devices_settings_are_checked_and_name_their_key() {
+    use crate::settings::{Settings, DEFAULT_CONFIG};
+    let s = Settings::from_toml(DEFAULT_CONFIG).unwrap();
+    assert_eq!(s.devices.max_tracked.get(), 200_000);
+    assert_eq!(s.devices.evaluate_every, Duration::from_secs(10));
+    assert_eq!(s.devices.save_every, Duration::from_secs(30));
+    for (from, to, key) in [
+        (
+            "max_tracked = 200000",
+            "max_tracked = 0",
+            "devices.max_tracked",
+        ),
+        (
+            "evaluate_every = \"10s\"",
+            "evaluate_every = \"soon\"",
+            "devices.evaluate_every",
+        ),
+        (
+            "save_every = \"30s\"",
+            "save_every = \"1ms\"",
+            "devices.save_every",
+        ),
+    ] {
+        let text = DEFAULT_CONFIG.replacen(from, to, 1);
+        assert_ne!(text, DEFAULT_CONFIG, "{from} is not in the shipped config");
+        let e = Settings::from_toml(&text).unwrap_err();
+        assert_eq!(e.key, key, "{e}");
+    }
+}
