@@ -81,14 +81,26 @@ impl Device {
     }
 }
 
-/// What the table keeps per device: small and `Copy`, the key is the sensor id.
+/// What the table keeps per device, 24 bytes (the key is the sensor id): city and domain as
+/// their index in the closed sets, the interval in milliseconds (0: none).
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     last_seen_ms: i64,
-    city: &'static str,
-    domain: &'static str,
-    expect: Option<Duration>,
+    expect_ms: u64,
+    city: u8,
+    domain: u8,
     silent: bool,
+}
+
+impl Entry {
+    fn expect(&self) -> Option<Duration> {
+        (self.expect_ms > 0).then(|| Duration::from_millis(self.expect_ms))
+    }
+}
+
+fn expect_ms(d: Option<Duration>) -> u64 {
+    // At least 1 ms, so that an interval is never read back as none.
+    d.map_or(0, |d| (d.as_millis() as u64).max(1))
 }
 
 #[derive(Debug, Default)]
@@ -129,7 +141,16 @@ pub(crate) struct Tracker {
 
 /// A label value of a closed set, or "other" (never for a reading that normalise accepted).
 fn closed(value: &str, set: &[&'static str]) -> &'static str {
-    set.iter().copied().find(|s| *s == value).unwrap_or("other")
+    label(slot(value, set), set)
+}
+
+/// The index of `value` in `set`; `set.len()` for "other".
+fn slot(value: &str, set: &[&'static str]) -> u8 {
+    set.iter().position(|s| *s == value).unwrap_or(set.len()) as u8
+}
+
+fn label(slot: u8, set: &[&'static str]) -> &'static str {
+    set.get(usize::from(slot)).copied().unwrap_or("other")
 }
 
 impl Tracker {
@@ -140,9 +161,9 @@ impl Tracker {
                 d.sensor_id,
                 Entry {
                     last_seen_ms: d.last_seen_ms,
-                    city: d.city,
-                    domain: d.domain,
-                    expect: d.expect_every,
+                    expect_ms: expect_ms(d.expect_every),
+                    city: slot(d.city, CITIES),
+                    domain: slot(d.domain, DOMAINS),
                     silent: d.state == State::Silent,
                 },
             );
@@ -175,15 +196,15 @@ impl Tracker {
             let Some(sensor) = r.tag("sensor_id") else {
                 continue;
             };
-            let city = closed(r.tag("city").unwrap_or_default(), CITIES);
-            let domain = closed(r.tag("domain").unwrap_or_default(), DOMAINS);
-            let expect = expected.get(i).copied().flatten();
+            let city = slot(r.tag("city").unwrap_or_default(), CITIES);
+            let domain = slot(r.tag("domain").unwrap_or_default(), DOMAINS);
+            let expect = expect_ms(expected.get(i).copied().flatten());
             table.changed = true;
             if let Some(e) = table.devices.get_mut(sensor) {
                 e.last_seen_ms = e.last_seen_ms.max(at_ms);
                 e.city = city;
                 e.domain = domain;
-                e.expect = expect;
+                e.expect_ms = expect;
                 continue;
             }
             if table.devices.len() >= self.max_tracked {
@@ -196,9 +217,9 @@ impl Tracker {
                 sensor.to_string(),
                 Entry {
                     last_seen_ms: at_ms,
+                    expect_ms: expect,
                     city,
                     domain,
-                    expect,
                     silent: false,
                 },
             );
@@ -225,11 +246,11 @@ impl Tracker {
             } else {
                 e.last_seen_ms.max(self.started_ms)
             };
-            let silent = Device::overdue(since, e.expect, now_ms);
+            let silent = Device::overdue(since, e.expect(), now_ms);
             if silent != e.silent {
                 e.silent = silent;
                 changed = true;
-                let d = device(id, e);
+                let d = device(id.clone(), e);
                 if silent {
                     out.went_silent.push(d);
                 } else {
@@ -241,20 +262,24 @@ impl Tracker {
             } else {
                 State::Reporting
             };
-            *out.counts.entry((e.city, e.domain, state)).or_default() += 1;
+            let key = (label(e.city, CITIES), label(e.domain, DOMAINS), state);
+            *out.counts.entry(key).or_default() += 1;
         }
         table.changed |= changed;
         out
     }
 
-    /// Every tracked device, by sensor id.
+    /// Every tracked device, by sensor id. Only the copy is made under the lock.
     pub(crate) fn devices(&self) -> Vec<Device> {
-        let mut all: Vec<Device> = self
-            .lock()
-            .devices
-            .iter()
-            .map(|(id, e)| device(id, e))
-            .collect();
+        let copied: Vec<(String, Entry)> = {
+            let table = self.lock();
+            table
+                .devices
+                .iter()
+                .map(|(id, e)| (id.clone(), *e))
+                .collect()
+        };
+        let mut all: Vec<Device> = copied.into_iter().map(|(id, e)| device(id, &e)).collect();
         all.sort_by(|a, b| a.sensor_id.cmp(&b.sensor_id));
         all
     }
@@ -269,13 +294,13 @@ impl Tracker {
     }
 }
 
-fn device(id: &str, e: &Entry) -> Device {
+fn device(sensor_id: String, e: &Entry) -> Device {
     Device {
-        sensor_id: id.to_string(),
-        city: e.city,
-        domain: e.domain,
+        sensor_id,
+        city: label(e.city, CITIES),
+        domain: label(e.domain, DOMAINS),
         last_seen_ms: e.last_seen_ms,
-        expect_every: e.expect,
+        expect_every: e.expect(),
         state: if e.silent {
             State::Silent
         } else {
@@ -399,5 +424,6 @@ pub fn table(devices: &[Device]) -> String {
     out
 }
 
+#[cfg(test)]
 #[cfg(test)]
 mod tests;

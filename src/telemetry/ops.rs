@@ -85,13 +85,14 @@ async fn answer(
         "/devices" => match device_filter(query) {
             Ok(only) => {
                 content_type = "application/json";
-                let list: Vec<serde_json::Value> = tracker
-                    .devices()
+                let all = tracker.devices();
+                let list: Vec<devices::file::Record> = all
                     .iter()
                     .filter(|d| only.is_none_or(|s| d.state == s))
-                    .map(devices::file::to_json)
+                    .map(devices::file::record)
                     .collect();
-                ("200 OK", serde_json::Value::Array(list).to_string())
+                let body = serde_json::to_string(&list).unwrap_or_else(|_| "[]".into());
+                ("200 OK", body)
             }
             Err(why) => ("400 Bad Request", why),
         },
