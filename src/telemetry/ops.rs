@@ -85,13 +85,10 @@ async fn answer(
         "/devices" => match device_filter(query) {
             Ok(only) => {
                 content_type = "application/json";
-                let all = tracker.devices();
-                let list: Vec<devices::file::Record> = all
-                    .iter()
-                    .filter(|d| only.is_none_or(|s| d.state == s))
-                    .map(devices::file::record)
-                    .collect();
-                let body = serde_json::to_string(&list).unwrap_or_else(|_| "[]".into());
+                // 200,000 devices take a few hundred ms to copy and encode: off the runtime.
+                let body = tokio::task::spawn_blocking(move || devices_json(&tracker, only))
+                    .await
+                    .unwrap_or_else(|_| "[]".into());
                 ("200 OK", body)
             }
             Err(why) => ("400 Bad Request", why),
@@ -143,4 +140,15 @@ fn device_filter(query: &str) -> Result<Option<devices::State>, String> {
         .and_then(devices::State::parse)
         .map(Some)
         .ok_or_else(|| format!("unknown query {query:?}: use /devices, /devices?state=silent or /devices?state=reporting\n"))
+}
+
+/// The tracked devices (those in state `only`, if given) as a JSON array.
+fn devices_json(tracker: &Tracker, only: Option<devices::State>) -> String {
+    let all = tracker.devices();
+    let list: Vec<devices::file::Record> = all
+        .iter()
+        .filter(|d| only.is_none_or(|s| d.state == s))
+        .map(devices::file::record)
+        .collect();
+    serde_json::to_string(&list).unwrap_or_else(|_| "[]".into())
 }
