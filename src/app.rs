@@ -138,7 +138,6 @@ pub(crate) async fn pipeline(
         delivery_rx,
         normalised_tx,
         devices.clone(),
-        settings.devices.max_tracked.get(),
         telemetry.clone(),
     ));
     let devices_done = CancellationToken::new();

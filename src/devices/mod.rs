@@ -178,6 +178,10 @@ impl Tracker {
         }
     }
 
+    pub(crate) fn max_tracked(&self) -> usize {
+        self.max_tracked
+    }
+
     fn lock(&self) -> MutexGuard<'_, Table> {
         // A panic elsewhere leaves a table that is still consistent (entries are Copy).
         self.table.lock().unwrap_or_else(|e| e.into_inner())

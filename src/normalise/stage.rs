@@ -23,7 +23,6 @@ pub(crate) async fn run(
     mut deliveries: mpsc::UnboundedReceiver<Delivery>,
     out: mpsc::Sender<Normalised>,
     devices: Arc<Tracker>,
-    max_tracked: usize,
     telemetry: Arc<Telemetry>,
 ) {
     let mut normaliser = rules.borrow_and_update().clone();
@@ -43,7 +42,7 @@ pub(crate) async fn run(
             let heard_ms = message.received_at.timestamp_millis();
             let untracked = devices.seen(&outcome.readings, &outcome.expected, heard_ms);
             if untracked.readings > 0 {
-                telemetry.devices_untracked(untracked, max_tracked);
+                telemetry.devices_untracked(untracked, devices.max_tracked());
             }
         }
         for w in &outcome.warnings {
