@@ -152,3 +152,25 @@ fn devices_json(tracker: &Tracker, only: Option<devices::State>) -> String {
         .collect();
     serde_json::to_string(&list).unwrap_or_else(|_| "[]".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_devices_query_takes_a_state_or_nothing() {
+        assert_eq!(device_filter(""), Ok(None));
+        assert_eq!(
+            device_filter("state=silent"),
+            Ok(Some(devices::State::Silent))
+        );
+        assert_eq!(
+            device_filter("state=reporting"),
+            Ok(Some(devices::State::Reporting))
+        );
+        for bad in ["state=asleep", "silent", "state=silent&x=1"] {
+            let e = device_filter(bad).unwrap_err();
+            assert!(e.contains("state=silent"), "{bad}: {e}");
+        }
+    }
+}

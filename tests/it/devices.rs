@@ -232,3 +232,25 @@ fn a_device_that_stops_reporting_is_silent_after_three_intervals_and_stays_so_ac
         .count();
     assert_eq!(recoveries, 1, "{log}");
 }
+
+#[test]
+fn the_command_says_so_when_neither_the_daemon_nor_a_state_file_answers() {
+    let state = tempfile::tempdir().unwrap();
+    let config_dir = tempfile::tempdir().unwrap();
+    let config = crate::harness::test_config(config_dir.path());
+    let port = crate::harness::free_port();
+    let mut c = urbanflux();
+    c.arg("devices")
+        .arg("--config")
+        .arg(&config)
+        .env("URBANFLUX__STATE__DIR", state.path())
+        .env("URBANFLUX__OPS__LISTEN", format!("127.0.0.1:{port}"));
+    let out = run_with_timeout(&mut c, b"", CLI_TIMEOUT);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("does not answer on ops.listen 127.0.0.1:{port}"))
+            && err.contains("devices.json"),
+        "{err}"
+    );
+}
