@@ -127,6 +127,8 @@ pub(crate) struct Evaluation {
     pub recovered: Vec<Device>,
     /// Every (city, domain, state) of the closed sets, 0 included.
     pub counts: BTreeMap<(&'static str, &'static str, State), u64>,
+    /// Devices dropped: not heard from for `devices.forget_after`.
+    pub forgotten: usize,
 }
 
 /// The last-seen table, shared by the normalise stage, the evaluation task and the endpoint.
@@ -137,6 +139,8 @@ pub(crate) struct Tracker {
     /// Process start: a device not yet silent gets its intervals counted from here at the
     /// earliest, as nothing could be heard while the daemon was down.
     started_ms: i64,
+    /// Devices not heard from for this long are dropped; `None`: never.
+    forget_after: Option<Duration>,
 }
 
 /// A label value of a closed set, or "other" (never for a reading that normalise accepted).
@@ -175,7 +179,14 @@ impl Tracker {
             }),
             max_tracked,
             started_ms,
+            forget_after: None,
         }
+    }
+
+    /// Drops devices not heard from for `after` at each evaluation.
+    pub(crate) fn forgetting_after(mut self, after: Duration) -> Tracker {
+        self.forget_after = Some(after);
+        self
     }
 
     pub(crate) fn max_tracked(&self) -> usize {
@@ -243,7 +254,13 @@ impl Tracker {
             }
         }
         let mut table = self.lock();
-        let mut changed = false;
+        if let Some(after) = self.forget_after {
+            let before = table.devices.len();
+            let cutoff = now_ms.saturating_sub(after.as_millis() as i64);
+            table.devices.retain(|_, e| e.last_seen_ms >= cutoff);
+            out.forgotten = before - table.devices.len();
+        }
+        let mut changed = out.forgotten > 0;
         for (id, e) in table.devices.iter_mut() {
             let since = if e.silent {
                 e.last_seen_ms
@@ -333,6 +350,7 @@ pub(crate) fn open(
         }
     };
     Tracker::new(settings.max_tracked.get(), now_ms(), known)
+        .forgetting_after(settings.forget_after)
 }
 
 pub(crate) fn now_ms() -> i64 {

@@ -80,6 +80,23 @@ fn a_device_is_silent_after_three_intervals_and_reporting_again_after_a_reading(
 }
 
 #[test]
+fn a_device_not_heard_from_for_forget_after_is_dropped_and_makes_room() {
+    let day = 24 * 3600 * SEC;
+    let t = Tracker::new(2, T0, Vec::new()).forgetting_after(Duration::from_secs(30 * 24 * 3600));
+    hear(&t, "old", MIN, T0);
+    hear(&t, "young", MIN, T0 + 20 * day);
+    assert_eq!(hear(&t, "new", MIN, T0 + 20 * day).readings, 1);
+    let e = t.evaluate(T0 + 30 * day);
+    assert_eq!(e.forgotten, 0);
+    let e = t.evaluate(T0 + 30 * day + 1);
+    assert_eq!(e.forgotten, 1);
+    assert_eq!(count(&e, State::Silent), 1, "{e:?}");
+    assert_eq!(hear(&t, "new", MIN, T0 + 31 * day), Untracked::default());
+    let ids: Vec<String> = t.devices().into_iter().map(|d| d.sensor_id).collect();
+    assert_eq!(ids, vec!["new", "young"]);
+}
+
+#[test]
 fn a_device_without_an_expected_interval_is_tracked_but_never_silent() {
     let t = Tracker::new(10, T0, Vec::new());
     hear(&t, "dpw-C", None, T0);
@@ -246,6 +263,11 @@ fn the_devices_settings_are_checked_and_name_their_key() {
             "save_every = \"30s\"",
             "save_every = \"1ms\"",
             "devices.save_every",
+        ),
+        (
+            "forget_after = \"30d\"",
+            "forget_after = \"10s\"",
+            "devices.forget_after",
         ),
     ] {
         let text = DEFAULT_CONFIG.replacen(from, to, 1);

@@ -51,6 +51,9 @@ pub struct DevicesSettings {
     pub evaluate_every: Duration,
     /// How often the state file `<state.dir>/devices.json` is rewritten when it changed.
     pub save_every: Duration,
+    /// A device not heard from for this long is dropped from the table (decommissioned or
+    /// renamed devices would otherwise fill it up for good).
+    pub forget_after: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -239,6 +239,7 @@ pub(super) struct RawDevices {
     pub(super) max_tracked: usize,
     pub(super) evaluate_every: String,
     pub(super) save_every: String,
+    pub(super) forget_after: String,
 }
 
 impl Default for RawDevices {
@@ -247,6 +248,7 @@ impl Default for RawDevices {
             max_tracked: 200_000,
             evaluate_every: "10s".into(),
             save_every: "30s".into(),
+            forget_after: "30d".into(),
         }
     }
 }

@@ -322,10 +322,19 @@ impl RawDevices {
                 ));
             }
         }
+        let forget_after = duration("devices.forget_after", &self.forget_after)?;
+        if forget_after < Duration::from_secs(60) {
+            return Err(err(
+                "devices.forget_after",
+                format!("{forget_after:?} is below 1m"),
+                "write e.g. \"30d\": longer than 3 times the longest expect_every, or silent devices are forgotten before they are seen",
+            ));
+        }
         Ok(DevicesSettings {
             max_tracked,
             evaluate_every,
             save_every,
+            forget_after,
         })
     }
 }

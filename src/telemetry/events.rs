@@ -183,6 +183,12 @@ impl Telemetry {
             info!(sensor_id = %d.sensor_id, city = d.city, domain = d.domain,
                 last_seen = %d.last_seen(), "device reporting again");
         }
+        if e.forgotten > 0 {
+            info!(
+                devices = e.forgotten,
+                "devices not heard from for devices.forget_after are forgotten"
+            );
+        }
         if e.recovered.len() > MAX_LOGGED_TRANSITIONS {
             info!(
                 more = e.recovered.len() - MAX_LOGGED_TRANSITIONS,
