@@ -22,6 +22,7 @@ use tracing::{error, info, warn};
 
 use crate::batch::{self, BatchLimits};
 use crate::deadletter::DeadLetters;
+use crate::devices::{self, Tracker};
 use crate::model::{Message, Outcome};
 use crate::normalise::series::SeriesGuard;
 use crate::normalise::{self, Normaliser};
@@ -49,6 +50,11 @@ pub async fn run(
             systemd::notify("STOPPING=1");
         }
     });
+    let devices = Arc::new(devices::open(
+        &settings.devices,
+        &settings.state_dir,
+        &telemetry,
+    ));
     if let Some(addr) = settings.ops_listen {
         let listener = ops::bind(addr).await.map_err(|e| {
             anyhow::anyhow!("cannot listen on ops.listen {addr}: {e}; fix: choose a free port or set ops.listen = \"\"")
@@ -64,6 +70,7 @@ pub async fn run(
             listener,
             telemetry.clone(),
             handle,
+            devices.clone(),
             shutdown.clone(),
         ));
     }
@@ -79,18 +86,23 @@ pub async fn run(
     if let Some(interval) = systemd::watchdog_interval() {
         tokio::spawn(feed_watchdog(interval, telemetry.clone(), shutdown.clone()));
     }
-    pipeline(settings, rules_rx, sinks, telemetry, events, shutdown).await
+    pipeline(
+        settings, rules_rx, sinks, telemetry, devices, events, shutdown,
+    )
+    .await
 }
 
 /// Runs the stages until `shutdown` is cancelled, then drains. Returns an error on a fault that
 /// must restart the process (the spool or the dead-letter file cannot be written). `rules`
 /// carries the normaliser; sending a new one (SIGHUP) swaps it between two messages without
-/// touching the MQTT session.
+/// touching the MQTT session. `devices` is fed by normalise, judged and saved on its own
+/// timers, and saved a last time once normalise has drained.
 pub(crate) async fn pipeline(
     settings: Settings,
     rules: watch::Receiver<Arc<Normaliser>>,
     sinks: Vec<Box<dyn Sink>>,
     telemetry: Arc<Telemetry>,
+    devices: Arc<Tracker>,
     events: mpsc::UnboundedSender<SourceEvent>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -127,7 +139,16 @@ pub(crate) async fn pipeline(
         delivery_rx,
         normalised_tx,
         SeriesGuard::new(settings.max_series_per_source),
+        devices.clone(),
         telemetry.clone(),
+    ));
+    let devices_done = CancellationToken::new();
+    let devices_task = tokio::spawn(devices::run(
+        devices,
+        settings.devices.clone(),
+        settings.state_dir.clone(),
+        telemetry.clone(),
+        devices_done.clone(),
     ));
     let mut spooler = tokio::spawn(spool::stage::run(
         normalised_rx,
@@ -165,6 +186,8 @@ pub(crate) async fn pipeline(
         abandon.cancel();
         finish.cancel();
         let _ = source.await;
+        devices_done.cancel();
+        let _ = devices_task.await;
         return Err(e);
     }
 
@@ -177,6 +200,9 @@ pub(crate) async fn pipeline(
         abandon.cancel();
     });
     let _ = normalise.await;
+    // Every reading is in the device table now: the last save.
+    devices_done.cancel();
+    let _ = devices_task.await;
     let spooled = joined(spooler.await);
     let batched = joined(batcher.await);
     deadline.abort();
@@ -306,4 +332,14 @@ pub fn normalise_one(
         received_at,
     };
     normaliser.normalise(&message, Utc::now())
+}
+
+/// `urbanflux devices`: where the table came from, and the table (`silent_only`: the silent
+/// devices). The running daemon's `GET /devices` when it answers, else `<state.dir>/devices.json`.
+pub fn devices_table(settings: &Settings, silent_only: bool) -> anyhow::Result<(String, String)> {
+    let mut report = devices::report(settings).map_err(anyhow::Error::msg)?;
+    if silent_only {
+        report.devices.retain(|d| d.state == devices::State::Silent);
+    }
+    Ok((report.from, devices::table(&report.devices)))
 }

@@ -58,6 +58,15 @@ pub(crate) enum Command {
         #[arg(required = true, value_name = "DEADLETTERS")]
         files: Vec<PathBuf>,
     },
+    /// List the tracked devices, silent ones first: from the running daemon (ops.listen), or
+    /// from <state.dir>/devices.json when it does not answer.
+    Devices {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Only the silent devices (no reading for 3 times their expect_every).
+        #[arg(long)]
+        silent: bool,
+    },
     /// Run everything on this machine: embedded broker, simulated gateways, file store.
     Demo {
         /// Stop after this long (e.g. 20s); default: until Ctrl-C.

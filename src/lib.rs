@@ -23,6 +23,8 @@
 //! - `spool` (`log` on disk, `stage` for group commit and acks), `batch`, `sink`: holding,
 //!   grouping and writing, with `retry` the one backoff.
 //! - `deadletter`: the one place rejected input is written; `replay` runs it again.
+//! - `devices`: when each device was last heard from and whether it went silent (fed by
+//!   `normalise::stage`, judged on a timer, saved under `state.dir`, shown by `/devices`).
 //! - [`telemetry`]: named events (log + counter together), metrics, health, the ops endpoint,
 //!   logging; `systemd` for notify and the watchdog.
 //! - `demo`: everything on an embedded broker with simulated gateways.
@@ -33,6 +35,7 @@ pub(crate) mod batch;
 pub(crate) mod deadletter;
 pub(crate) mod decode;
 pub mod demo;
+pub(crate) mod devices;
 pub mod error;
 pub(crate) mod lineproto;
 pub mod model;

@@ -78,6 +78,23 @@ fn main() -> ExitCode {
                 .for_each(|p| eprintln!("urbanflux: skipped: {p}"));
             exit(summary.rejected == 0 && summary.partly == 0 && summary.unreadable == 0)
         }
+        Command::Devices { config, silent } => {
+            let settings = match load(&config) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            match app::devices_table(&settings, silent) {
+                Ok((from, table)) => {
+                    eprintln!("urbanflux: devices from {from}");
+                    print!("{table}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("urbanflux: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Demo {
             duration,
             out,

@@ -212,6 +212,9 @@ pub struct Warning {
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub readings: Vec<Reading>,
+    /// How often each reading's device is expected to report, by the index of `readings`
+    /// (the rule's or the registry record's `expect_every`); `None`: no expectation.
+    pub expected: Vec<Option<std::time::Duration>>,
     pub rejects: Vec<Reject>,
     pub warnings: Vec<Warning>,
 }

@@ -74,7 +74,17 @@ impl Registry {
                         fix: format!("write {k} = {{ field = value, ... }}"),
                     });
                 }
-                records.insert(k, to_json(record));
+                let record = to_json(record);
+                if let Some(v) = record.get("expect_every") {
+                    if interval(v).is_none() {
+                        return Err(ConfigError {
+                            key: format!("registry.{name}.{k}.expect_every"),
+                            problem: format!("{v} is not a duration above 0"),
+                            fix: "write how often the device reports, e.g. \"15m\", or a number of seconds".into(),
+                        });
+                    }
+                }
+                records.insert(k, record);
             }
             tables.insert(name, records);
         }
@@ -119,6 +129,16 @@ pub fn load(file: Option<&str>, base: Option<&Path>) -> Result<Registry, ConfigE
     Registry::load(&path)
 }
 
+/// An `expect_every` value: a duration ("15m", "1h") or a number of seconds, above 0.
+pub fn interval(v: &Value) -> Option<std::time::Duration> {
+    let d = match v {
+        Value::String(s) => humantime::parse_duration(s.trim()).ok()?,
+        Value::Number(n) => std::time::Duration::try_from_secs_f64(n.as_f64()?).ok()?,
+        _ => return None,
+    };
+    (!d.is_zero()).then_some(d)
+}
+
 fn to_json(v: toml::Value) -> Value {
     match v {
         toml::Value::String(s) => Value::String(s),
@@ -147,6 +167,21 @@ mod tests {
             "spot"
         );
         assert_eq!(r.get("gtfs_routes", "N").unwrap()["route_type"], 0);
+    }
+
+    #[test]
+    fn expect_every_is_a_duration_or_seconds_and_a_bad_one_is_named() {
+        let r = Registry::from_toml(
+            "[devices.a]\nexpect_every = \"15m\"\n[devices.b]\nexpect_every = 90\n",
+        )
+        .unwrap();
+        let of = |k: &str| interval(&r.get("devices", k).unwrap()["expect_every"]);
+        assert_eq!(of("a"), Some(std::time::Duration::from_secs(900)));
+        assert_eq!(of("b"), Some(std::time::Duration::from_secs(90)));
+        let e = Registry::from_toml("[devices.c]\nexpect_every = \"often\"\n").unwrap_err();
+        assert_eq!(e.key, "registry.devices.c.expect_every");
+        let e = Registry::from_toml("[devices.c]\nexpect_every = 0\n").unwrap_err();
+        assert_eq!(e.key, "registry.devices.c.expect_every");
     }
 
     #[test]

@@ -50,11 +50,17 @@ pub async fn run(
     let shutdown = CancellationToken::new();
     let (events, mut ready) = tokio::sync::mpsc::unbounded_channel();
     let (_rules, rules_rx) = tokio::sync::watch::channel(Arc::new(Normaliser::new(&settings)));
+    let devices = Arc::new(crate::devices::open(
+        &settings.devices,
+        &settings.state_dir,
+        &stats,
+    ));
     let pipeline = tokio::spawn(crate::app::pipeline(
         settings,
         rules_rx,
         sinks,
         stats.clone(),
+        devices,
         events,
         shutdown.clone(),
     ));

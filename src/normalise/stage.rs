@@ -8,6 +8,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::series::SeriesGuard;
 use super::Normaliser;
+use crate::devices::Tracker;
 use crate::lineproto;
 use crate::model::{Delivery, Normalised, Reading, Record};
 use crate::telemetry::Telemetry;
@@ -16,12 +17,14 @@ use crate::telemetry::Telemetry;
 const LINE_BYTES: usize = 200;
 
 /// Runs until the source closes `deliveries` (shutdown) or the spool stage is gone. A new
-/// normaliser sent on `rules` (SIGHUP) takes over between two messages.
+/// normaliser sent on `rules` (SIGHUP) takes over between two messages. Each accepted
+/// reading's device is marked seen in `devices` (one lock per message).
 pub(crate) async fn run(
     mut rules: watch::Receiver<Arc<Normaliser>>,
     mut deliveries: mpsc::UnboundedReceiver<Delivery>,
     out: mpsc::Sender<Normalised>,
     mut guard: SeriesGuard,
+    devices: Arc<Tracker>,
     telemetry: Arc<Telemetry>,
 ) {
     let mut normaliser = rules.borrow_and_update().clone();
@@ -44,6 +47,13 @@ pub(crate) async fn run(
             outcome.readings.len(),
             outcome.rejects.len(),
         );
+        if !outcome.readings.is_empty() {
+            let heard_ms = message.received_at.timestamp_millis();
+            let untracked = devices.seen(&outcome.readings, &outcome.expected, heard_ms);
+            if untracked.readings > 0 {
+                telemetry.devices_untracked(untracked, devices.max_tracked());
+            }
+        }
         for w in &outcome.warnings {
             telemetry.reading_warning(&message.topic, w);
         }

@@ -116,7 +116,8 @@ impl Rule {
                     if let Some(w) = outside_city(&r) {
                         out.warnings.push(w);
                     }
-                    out.readings.push(r)
+                    out.readings.push(r);
+                    out.expected.push(self.expected(&bound));
                 }
                 Err(e) if many => {
                     let at = self.each.as_ref().map(|p| p.text.as_str()).unwrap_or("");
@@ -128,6 +129,20 @@ impl Rule {
             }
         }
         out
+    }
+
+    /// The device's expected interval: the first looked-up record's `expect_every` (checked
+    /// when the registry loaded), else the rule's.
+    fn expected(&self, bound: &[Option<&Value>]) -> Option<std::time::Duration> {
+        bound
+            .iter()
+            .flatten()
+            .find_map(|record| {
+                record
+                    .get("expect_every")
+                    .and_then(crate::registry::interval)
+            })
+            .or(self.expect_every)
     }
 
     fn tag_value(&self, name: &str, scope: &Scope) -> Result<Option<String>, Reject> {

@@ -222,6 +222,7 @@ impl Rule {
             "tags",
             "fields",
             "time",
+            "expect_every",
         ])?;
 
         let topics: Vec<String> = r
@@ -329,6 +330,21 @@ impl Rule {
             Some(tt) => compile_time(&tt, bindings)?,
         };
 
+        let expect_every = r
+            .str("expect_every")?
+            .map(|text| {
+                crate::registry::interval(&serde_json::Value::String(text.into())).ok_or_else(
+                    || {
+                        cfg(
+                            r.sub("expect_every"),
+                            format!("{text:?} is not a duration above 0"),
+                            "write how often a device of this rule reports, e.g. \"15m\" or \"1h\"",
+                        )
+                    },
+                )
+            })
+            .transpose()?;
+
         Ok(Rule {
             key,
             topics,
@@ -345,6 +361,7 @@ impl Rule {
             time,
             named,
             city,
+            expect_every,
         })
     }
 

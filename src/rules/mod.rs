@@ -85,6 +85,9 @@ pub struct Rule {
     named: Vec<String>,
     /// The city when the rule fixes it (for counting rejects of messages it cannot read).
     pub city: Option<String>,
+    /// How often a device of this rule is expected to report (`expect_every`); an
+    /// `expect_every` of the registry record the rule looks up wins.
+    pub expect_every: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone)]

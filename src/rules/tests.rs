@@ -515,3 +515,75 @@ fn the_readme_example_of_a_new_sensor_type_works() {
         "README shows {line}"
     );
 }
+
+// ---- expected intervals (devices that go silent) ------------------------------------------------
+
+#[test]
+fn a_bad_expect_every_is_a_config_error_naming_the_key() {
+    for bad in ["\"often\"", "\"0s\"", "15"] {
+        let rule = BASE.replacen(
+            "source = \"vendor_webhook\"",
+            &format!("source = \"vendor_webhook\"\nexpect_every = {bad}"),
+            1,
+        );
+        let e = compile(&format!("{rule}[route.fields]\nfill_ratio = \"f\"\n")).unwrap_err();
+        assert_eq!(e.key, "route[0].expect_every", "{bad}: {e}");
+    }
+}
+
+#[test]
+fn each_reading_carries_its_rule_s_expect_every_and_a_registry_record_s_wins() {
+    let bin = r#"{"device_id":"LC-1","timestamp":"2025-06-03T09:00:00Z","fullness_pct":40}"#;
+    let o = run("sf/dpw/bins/LC-1", bin);
+    assert_eq!(o.expected, vec![Some(std::time::Duration::from_secs(3600))]);
+
+    // ThingPark: the rule has none; the registered glass column has 6h, another device 90 s.
+    let mut settings = Settings::from_toml(DEFAULT_CONFIG).unwrap();
+    let mut registry_text = crate::registry::DEFAULT_REGISTRY.to_string();
+    registry_text.push_str(
+        "\n[devices.\"eui-0018b20000000b21\"]\ncity = \"paris\"\nkind = \"column\"\nwaste_stream = \"glass\"\nexpect_every = 90\n\
+         [devices.\"eui-0018b20000000b22\"]\ncity = \"paris\"\nkind = \"column\"\nwaste_stream = \"glass\"\n",
+    );
+    settings.registry = std::sync::Arc::new(Registry::from_toml(&registry_text).unwrap());
+    let n = Normaliser::new(&settings);
+    let uplink = |eui: &str| {
+        Message {
+        topic: format!("mqtt/things/{eui}/uplink"),
+        payload: format!(
+            r#"{{"DevEUI_uplink":{{"Time":"2025-06-03T10:46:54+02:00","DevEUI":"{eui}","payload":{{"temperature":20.5}}}}}}"#
+        )
+        .into_bytes(),
+        received_at: at("2025-06-03T09:00:00Z"),
+    }
+    };
+    let expected = |eui: &str| {
+        let o = n.normalise(&uplink(eui), at("2025-12-01T00:00:00Z"));
+        assert!(o.rejects.is_empty(), "{eui}: {:?}", o.rejects);
+        assert_eq!(o.expected.len(), o.readings.len());
+        o.expected[0]
+    };
+    let h = std::time::Duration::from_secs(3600);
+    assert_eq!(expected("20635F0108000E51"), Some(6 * h));
+    assert_eq!(
+        expected("0018B20000000B21"),
+        Some(std::time::Duration::from_secs(90))
+    );
+    assert_eq!(expected("0018B20000000B22"), None);
+
+    // A rule with an expect_every of its own: the registry record still wins.
+    let text = DEFAULT_CONFIG.replacen(
+        "source = \"thingpark\"",
+        "source = \"thingpark\"\nexpect_every = \"15m\"",
+        1,
+    );
+    let mut settings = Settings::from_toml(&text).unwrap();
+    settings.registry = std::sync::Arc::new(Registry::from_toml(&registry_text).unwrap());
+    let n = Normaliser::new(&settings);
+    let o = n.normalise(&uplink("0018B20000000B21"), at("2025-12-01T00:00:00Z"));
+    assert_eq!(o.expected, vec![Some(std::time::Duration::from_secs(90))]);
+    let o = n.normalise(&uplink("0018B20000000B22"), at("2025-12-01T00:00:00Z"));
+    assert_eq!(
+        o.expected,
+        vec![Some(15 * 60 * std::time::Duration::from_secs(1))]
+    );
+}

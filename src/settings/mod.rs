@@ -42,6 +42,22 @@ pub struct Settings {
     pub routes: Vec<Rule>,
     /// The device registry the rules look static metadata up in.
     pub registry: Arc<Registry>,
+    /// Last-seen tracking of devices and their silence (`[devices]`).
+    pub devices: DevicesSettings,
+}
+
+/// `[devices]`: how many devices are tracked, how often silence is judged and the state saved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DevicesSettings {
+    /// Devices beyond this many are not tracked (memory stays bounded), and counted.
+    pub max_tracked: NonZeroUsize,
+    /// How often devices are judged silent or reporting (and the gauge refreshed).
+    pub evaluate_every: Duration,
+    /// How often the state file `<state.dir>/devices.json` is rewritten when it changed.
+    pub save_every: Duration,
+    /// A device not heard from for this long is dropped from the table (decommissioned or
+    /// renamed devices would otherwise fill it up for good).
+    pub forget_after: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -197,6 +213,7 @@ pub fn restart_only_changes(old: &Settings, new: &Settings) -> Vec<&'static str>
             "limits.max_series_per_source",
             old.max_series_per_source != new.max_series_per_source,
         ),
+        ("devices", old.devices != new.devices),
     ]
     .into_iter()
     .filter_map(|(key, changed)| changed.then_some(key))

@@ -33,6 +33,8 @@ pub(super) struct Raw {
     pub(super) _route: serde::de::IgnoredAny,
     #[serde(default)]
     pub(super) registry: RawRegistry,
+    #[serde(default)]
+    pub(super) devices: RawDevices,
 }
 
 #[derive(Debug, Deserialize)]
@@ -233,6 +235,26 @@ impl Default for RawLog {
 pub(super) struct RawRegistry {
     /// The device registry file, relative to the configuration file.
     pub(super) file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawDevices {
+    pub(super) max_tracked: usize,
+    pub(super) evaluate_every: String,
+    pub(super) save_every: String,
+    pub(super) forget_after: String,
+}
+
+impl Default for RawDevices {
+    fn default() -> Self {
+        RawDevices {
+            max_tracked: 200_000,
+            evaluate_every: "10s".into(),
+            save_every: "30s".into(),
+            forget_after: "30d".into(),
+        }
+    }
 }
 
 pub(super) fn from_config_error(e: config::ConfigError) -> ConfigError {

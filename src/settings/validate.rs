@@ -5,9 +5,13 @@ use std::num::{NonZeroU16, NonZeroUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::raw::RawDevices;
 use super::raw::{Raw, RawSpool};
 use super::secret::{secret, Secret};
-use super::{BatchSettings, InfluxApi, InfluxSettings, MqttSettings, Settings, SpoolSettings};
+use super::{
+    BatchSettings, DevicesSettings, InfluxApi, InfluxSettings, MqttSettings, Settings,
+    SpoolSettings,
+};
 use crate::error::ConfigError;
 use crate::topic::check_filter;
 
@@ -255,6 +259,7 @@ impl Raw {
             log_level: self.log.level,
             routes: Vec::new(),
             registry: Arc::default(),
+            devices: self.devices.validate()?,
         })
     }
 }
@@ -306,6 +311,46 @@ impl RawSpool {
             segment_bytes,
             sync_interval: duration("spool.sync_interval", &self.sync_interval)?,
             sync_bytes: bytes("spool.sync_bytes", &self.sync_bytes)?.max(1),
+        })
+    }
+}
+
+impl RawDevices {
+    fn validate(&self) -> Result<DevicesSettings, ConfigError> {
+        let max_tracked = NonZeroUsize::new(self.max_tracked).ok_or_else(|| {
+            err(
+                "devices.max_tracked",
+                "must be above 0",
+                "give the number of devices to keep track of, e.g. 200000 (about 100 bytes each)",
+            )
+        })?;
+        let evaluate_every = duration("devices.evaluate_every", &self.evaluate_every)?;
+        let save_every = duration("devices.save_every", &self.save_every)?;
+        for (key, d) in [
+            ("devices.evaluate_every", evaluate_every),
+            ("devices.save_every", save_every),
+        ] {
+            if d < Duration::from_millis(100) {
+                return Err(err(
+                    key,
+                    format!("{d:?} is below 100ms"),
+                    "write e.g. \"10s\" (evaluate_every) or \"30s\" (save_every)",
+                ));
+            }
+        }
+        let forget_after = duration("devices.forget_after", &self.forget_after)?;
+        if forget_after < Duration::from_secs(60) {
+            return Err(err(
+                "devices.forget_after",
+                format!("{forget_after:?} is below 1m"),
+                "write e.g. \"30d\": longer than 3 times the longest expect_every, or silent devices are forgotten before they are seen",
+            ));
+        }
+        Ok(DevicesSettings {
+            max_tracked,
+            evaluate_every,
+            save_every,
+            forget_after,
         })
     }
 }

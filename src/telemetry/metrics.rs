@@ -22,6 +22,9 @@ pub(crate) const MQTT_CONNECTED: &str = "urbanflux_mqtt_connected";
 pub(crate) const MQTT_RECONNECTS: &str = "urbanflux_mqtt_reconnects_total";
 pub(crate) const SECONDS_SINCE_LAST_MESSAGE: &str = "urbanflux_mqtt_seconds_since_last_message";
 pub(crate) const SILENT_SUBSCRIPTIONS: &str = "urbanflux_silent_subscriptions_total";
+pub(crate) const DEVICES: &str = "urbanflux_devices";
+pub(crate) const DEVICE_SILENCES: &str = "urbanflux_device_silences_total";
+pub(crate) const DEVICES_UNTRACKED: &str = "urbanflux_devices_untracked_readings_total";
 /// Rendered by the ops endpoint from the readiness state, not by the recorder.
 pub(crate) const READY: &str = "urbanflux_ready";
 
@@ -130,4 +133,26 @@ fn register(subscriptions: &[String]) {
         "subscriptions found silent for longer than expected"
     );
     metrics::counter!(SILENT_SUBSCRIPTIONS).absolute(0);
+    describe_gauge!(
+        DEVICES,
+        "tracked devices, reporting or silent (no reading for 3 x their expect_every)"
+    );
+    describe_counter!(
+        DEVICE_SILENCES,
+        "devices found silent (no reading for 3 x their expect_every)"
+    );
+    for city in CITIES {
+        for domain in DOMAINS {
+            for state in crate::devices::State::ALL {
+                metrics::gauge!(DEVICES, "city" => *city, "domain" => *domain, "state" => state.as_str())
+                    .set(0.0);
+            }
+            metrics::counter!(DEVICE_SILENCES, "city" => *city, "domain" => *domain).absolute(0);
+        }
+    }
+    describe_counter!(
+        DEVICES_UNTRACKED,
+        "readings of devices not tracked because devices.max_tracked was reached"
+    );
+    metrics::counter!(DEVICES_UNTRACKED).absolute(0);
 }

@@ -1,6 +1,7 @@
 //! The operations endpoint: `/metrics` (Prometheus text format), `/healthz` (the process
-//! answers) and `/readyz` (connected and subscribed, spool not full, store accepting writes; 503
-//! with the reasons otherwise).
+//! answers), `/readyz` (connected and subscribed, spool not full, store accepting writes; 503
+//! with the reasons otherwise) and `/devices` (`?state=silent` or `?state=reporting`: the
+//! tracked devices as a JSON array).
 //! Bound to 127.0.0.1 by default. A deliberately small HTTP/1.1 responder: two fixed paths, no
 //! request bodies, so a web framework would be all weight and no use.
 
@@ -14,6 +15,7 @@ use tracing::{info, warn};
 
 use super::metrics::{Handle, READY};
 use super::Telemetry;
+use crate::devices::{self, Tracker};
 
 /// A request head larger than this is not one of ours.
 const MAX_REQUEST: usize = 8 * 1024;
@@ -30,10 +32,11 @@ pub(crate) async fn serve(
     listener: TcpListener,
     telemetry: Arc<Telemetry>,
     metrics: Metrics,
+    devices: Arc<Tracker>,
     shutdown: CancellationToken,
 ) {
     if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "ops endpoint listening (/metrics, /healthz, /readyz)");
+        info!(%addr, "ops endpoint listening (/metrics, /healthz, /readyz, /devices)");
     }
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -49,7 +52,7 @@ pub(crate) async fn serve(
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
                     continue;
                 };
-                let work = answer(stream, telemetry.clone(), metrics.clone());
+                let work = answer(stream, telemetry.clone(), metrics.clone(), devices.clone());
                 tokio::spawn(async move {
                     let _ = tokio::time::timeout(REQUEST_DEADLINE, work).await;
                     drop(slot);
@@ -64,7 +67,12 @@ pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-async fn answer(mut stream: tokio::net::TcpStream, telemetry: Arc<Telemetry>, metrics: Metrics) {
+async fn answer(
+    mut stream: tokio::net::TcpStream,
+    telemetry: Arc<Telemetry>,
+    metrics: Metrics,
+    tracker: Arc<Tracker>,
+) {
     let mut buf = vec![0u8; MAX_REQUEST];
     let mut len = 0;
     while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") && len < MAX_REQUEST {
@@ -79,9 +87,21 @@ async fn answer(mut stream: tokio::net::TcpStream, telemetry: Arc<Telemetry>, me
         }
     }
     let head = String::from_utf8_lossy(&buf[..len]);
-    let path = head.split_whitespace().nth(1).unwrap_or("/");
+    let target = head.split_whitespace().nth(1).unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let mut content_type = "text/plain; charset=utf-8";
     let (status, body) = match path {
+        "/devices" => match device_filter(query) {
+            Ok(only) => {
+                content_type = "application/json";
+                // 200,000 devices take a few hundred ms to copy and encode: off the runtime.
+                let body = tokio::task::spawn_blocking(move || devices_json(&tracker, only))
+                    .await
+                    .unwrap_or_else(|_| "[]".into());
+                ("200 OK", body)
+            }
+            Err(why) => ("400 Bad Request", why),
+        },
         "/metrics" => match &metrics {
             Some(handle) => {
                 content_type = "text/plain; version=0.0.4; charset=utf-8";
@@ -109,7 +129,7 @@ async fn answer(mut stream: tokio::net::TcpStream, telemetry: Arc<Telemetry>, me
         }
         _ => (
             "404 Not Found",
-            "try /metrics, /healthz or /readyz\n".to_string(),
+            "try /metrics, /healthz, /readyz or /devices\n".to_string(),
         ),
     };
     let reply = format!(
@@ -117,4 +137,49 @@ async fn answer(mut stream: tokio::net::TcpStream, telemetry: Arc<Telemetry>, me
         body.len()
     );
     let _ = stream.write_all(reply.as_bytes()).await;
+}
+
+/// `state=silent` or `state=reporting`; nothing: every device.
+fn device_filter(query: &str) -> Result<Option<devices::State>, String> {
+    if query.is_empty() {
+        return Ok(None);
+    }
+    query
+        .strip_prefix("state=")
+        .and_then(devices::State::parse)
+        .map(Some)
+        .ok_or_else(|| format!("unknown query {query:?}: use /devices, /devices?state=silent or /devices?state=reporting\n"))
+}
+
+/// The tracked devices (those in state `only`, if given) as a JSON array.
+fn devices_json(tracker: &Tracker, only: Option<devices::State>) -> String {
+    let all = tracker.devices();
+    let list: Vec<devices::file::Record> = all
+        .iter()
+        .filter(|d| only.is_none_or(|s| d.state == s))
+        .map(devices::file::record)
+        .collect();
+    serde_json::to_string(&list).unwrap_or_else(|_| "[]".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_devices_query_takes_a_state_or_nothing() {
+        assert_eq!(device_filter(""), Ok(None));
+        assert_eq!(
+            device_filter("state=silent"),
+            Ok(Some(devices::State::Silent))
+        );
+        assert_eq!(
+            device_filter("state=reporting"),
+            Ok(Some(devices::State::Reporting))
+        );
+        for bad in ["state=asleep", "silent", "state=silent&x=1"] {
+            let e = device_filter(bad).unwrap_err();
+            assert!(e.contains("state=silent"), "{bad}: {e}");
+        }
+    }
 }

@@ -54,7 +54,7 @@ const MEASUREMENTS_WRITTEN_TODAY: [&str; 5] = [
 ];
 
 /// The daemon's self-metrics (GET /metrics), the names the health dashboard may use.
-const DAEMON_METRICS: [&str; 11] = [
+const DAEMON_METRICS: [&str; 13] = [
     "urbanflux_readings_received_total",
     "urbanflux_readings_written_total",
     "urbanflux_readings_rejected_total",
@@ -66,16 +66,19 @@ const DAEMON_METRICS: [&str; 11] = [
     "urbanflux_mqtt_connected",
     "urbanflux_mqtt_reconnects_total",
     "urbanflux_mqtt_seconds_since_last_message",
+    "urbanflux_devices",
+    "urbanflux_devices_untracked_readings_total",
 ];
 /// Those of them that are histograms (queried as `_bucket`, `_sum`, `_count`).
 const DAEMON_HISTOGRAMS: [&str; 2] = ["urbanflux_sink_write_seconds", "urbanflux_sink_batch_lines"];
 /// Labels the daemon's metrics carry, plus Prometheus' own (`instance`, `le`).
-const METRIC_LABELS: [&str; 7] = [
+const METRIC_LABELS: [&str; 8] = [
     "city",
     "domain",
     "source",
     "reason",
     "subscription",
+    "state",
     "instance",
     "le",
 ];

@@ -6,7 +6,7 @@ use crate::harness::fixtures;
 use crate::harness::{eventually, http_get, publish_all, Stack, READY_TIMEOUT, STORE_TIMEOUT};
 
 /// Every family the daemon emits, as an operator's alerts and dashboards name them.
-const FAMILIES: [(&str, &str); 17] = [
+const FAMILIES: [(&str, &str); 20] = [
     ("urbanflux_messages_received_total", "counter"),
     ("urbanflux_readings_received_total", "counter"),
     ("urbanflux_readings_rejected_total", "counter"),
@@ -24,6 +24,9 @@ const FAMILIES: [(&str, &str); 17] = [
     ("urbanflux_mqtt_seconds_since_last_message", "gauge"),
     ("urbanflux_silent_subscriptions_total", "counter"),
     ("urbanflux_ready", "gauge"),
+    ("urbanflux_devices", "gauge"),
+    ("urbanflux_device_silences_total", "counter"),
+    ("urbanflux_devices_untracked_readings_total", "counter"),
 ];
 
 #[test]
@@ -47,6 +50,9 @@ fn a_fresh_daemon_lists_every_metric_family_at_zero_before_any_message() {
         r#"urbanflux_readings_rejected_total{city="sf",source="gbfs",reason="out_of_range"} 0"#,
         r#"urbanflux_readings_rejected_total{city="other",source="store",reason="store_rejected"} 0"#,
         r#"urbanflux_readings_received_total{city="paris",domain="waste",source="senml"} 0"#,
+        r#"urbanflux_devices{city="paris",domain="transport",state="silent"} 0"#,
+        r#"urbanflux_device_silences_total{city="sf",domain="waste"} 0"#,
+        "urbanflux_devices_untracked_readings_total 0",
     ];
     for series in zero {
         assert!(
