@@ -5,6 +5,7 @@
 
 mod raw;
 mod secret;
+pub mod tls;
 mod validate;
 
 use std::num::{NonZeroU16, NonZeroUsize};
@@ -16,7 +17,8 @@ use crate::error::ConfigError;
 use crate::registry::Registry;
 use crate::rules::Rule;
 
-pub use secret::Secret;
+pub use secret::{Secret, SecretSource};
+pub use tls::TlsFiles;
 
 /// The shipped default configuration, also what `urbanflux demo` runs on.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/urbanflux.toml");
@@ -40,20 +42,50 @@ pub struct Settings {
     pub registry: Arc<Registry>,
 }
 
+/// The MQTT protocol version spoken to the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    V5,
+    V311,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::V5 => "5",
+            Protocol::V311 => "3.1.1",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct MqttSettings {
     pub host: String,
     pub port: u16,
+    pub protocol: Protocol,
     pub client_id: String,
-    pub credentials: Option<(String, Secret)>,
+    /// What a connection attempt presents (applied on SIGHUP at the next attempt).
+    pub connect: MqttConnect,
     pub keep_alive: Duration,
-    /// How many unacknowledged messages the broker lets us hold (its max_inflight_messages).
+    /// MQTT 5: how long the broker keeps our session and its queue while we are away.
+    pub session_expiry: Duration,
+    /// How many unacknowledged messages we hold at most: our Receive Maximum with MQTT 5; with
+    /// 3.1.1 the broker's max_inflight_messages decides.
     pub max_inflight: NonZeroU16,
     pub topics: Vec<String>,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
     /// Subscriptions silent for longer than this are reported ("connected but silent").
     pub expected_interval: Vec<(String, Duration)>,
+}
+
+/// Credentials and TLS of the broker connection: re-read on SIGHUP and used from the next
+/// connection attempt on, so a fixed password or certificate needs no restart.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MqttConnect {
+    pub credentials: Option<(String, Secret)>,
+    /// `Some` for mqtts://.
+    pub tls: Option<TlsFiles>,
 }
 
 /// Which write API the store speaks.
@@ -77,6 +109,8 @@ pub struct InfluxSettings {
     pub basic_auth: Option<(String, Secret)>,
     pub timeout: Duration,
     pub gzip: bool,
+    /// CA and client certificate for https:// (empty when unused).
+    pub tls: TlsFiles,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -153,12 +187,13 @@ pub fn restart_only_changes(old: &Settings, new: &Settings) -> Vec<&'static str>
     let (ob, nb, os, ns) = (&old.batch, &new.batch, &old.spool, &new.spool);
     [
         ("mqtt.url", (&om.host, om.port) != (&nm.host, nm.port)),
+        ("mqtt.protocol", om.protocol != nm.protocol),
         ("mqtt.client_id", om.client_id != nm.client_id),
-        (
-            "mqtt.username / mqtt.password",
-            om.credentials != nm.credentials,
-        ),
         ("mqtt.keep_alive", om.keep_alive != nm.keep_alive),
+        (
+            "mqtt.session_expiry",
+            om.session_expiry != nm.session_expiry,
+        ),
         ("mqtt.max_inflight", om.max_inflight != nm.max_inflight),
         ("mqtt.topics", om.topics != nm.topics),
         (
@@ -181,6 +216,7 @@ pub fn restart_only_changes(old: &Settings, new: &Settings) -> Vec<&'static str>
         ),
         ("influx.timeout", oi.timeout != ni.timeout),
         ("influx.gzip", oi.gzip != ni.gzip),
+        ("influx.tls", oi.tls != ni.tls),
         ("batch", ob != nb),
         ("spool", os != ns),
         ("state.dir", old.state_dir != new.state_dir),
