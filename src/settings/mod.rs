@@ -180,6 +180,57 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// For `check-config`: where each secret came from and which TLS files were checked; never
+    /// a value.
+    pub fn secret_report(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut secret = |key: &str, s: Option<&Secret>| {
+            let source = s.map(|s| s.source().to_string());
+            out.push(format!("{key}: {}", source.as_deref().unwrap_or("not set")));
+        };
+        secret(
+            "mqtt.password",
+            self.mqtt.connect.credentials.as_ref().map(|(_, p)| p),
+        );
+        secret("influx.token", Some(&self.influx.token));
+        secret(
+            "influx.password",
+            self.influx.basic_auth.as_ref().map(|(_, p)| p),
+        );
+        let tls = |section: &str, files: Option<&TlsFiles>| match files {
+            None => format!("{section}: off"),
+            Some(f) => {
+                let ca = f.ca.as_ref().map_or("system roots".to_string(), |c| {
+                    format!("CA {} (PEM ok)", c.path.display())
+                });
+                let client = match (&f.client_cert, &f.client_key) {
+                    (Some(c), Some(k)) => format!(
+                        "client certificate {} with its key from {} (PEM ok, key matches)",
+                        c.path.display(),
+                        k.source()
+                    ),
+                    _ => "no client certificate".to_string(),
+                };
+                let name = f
+                    .server_name
+                    .as_ref()
+                    .map(|n| format!(", server name {n}"))
+                    .unwrap_or_default();
+                format!("{section}: {ca}, {client}{name}")
+            }
+        };
+        out.push(tls("mqtt.tls", self.mqtt.connect.tls.as_ref()));
+        let influx_tls = self
+            .influx
+            .url
+            .starts_with("https://")
+            .then_some(&self.influx.tls);
+        out.push(tls("influx.tls", influx_tls));
+        out
+    }
+}
+
 /// The keys that differ between two settings and that a running daemon cannot apply: they take
 /// effect after a restart. Compared by value, secrets included (their `Debug` is redacted).
 pub fn restart_only_changes(old: &Settings, new: &Settings) -> Vec<&'static str> {

@@ -241,6 +241,13 @@ impl Raw {
             Some((std::mem::take(&mut self.influx.username), password))
         };
         let influx_tls = super::tls::load("influx.tls", &self.influx.tls, "influx-client-key")?;
+        if influx_tls.server_name.is_some() {
+            return Err(err(
+                "influx.tls.server_name",
+                "is not supported for the store",
+                "remove it and write the name the store's certificate carries in influx.url",
+            ));
+        }
         let https = url.starts_with("https://");
         if !https && !influx_tls.is_empty() {
             return Err(err(

@@ -49,13 +49,19 @@ pub(crate) fn setup(e: &super::tls::TlsSetupError) -> Failure {
 const FIX_PASSWORD: &str =
     "mqtt.username and mqtt.password (or mqtt.password_file / the mqtt-password credential), then SIGHUP";
 const FIX_ACL: &str = "the broker's ACL for mqtt.username and mqtt.client_id";
+/// Mosquitto answers a wrong password with "not authorized" (5 / 0x87), not "bad username or
+/// password": both name the login.
+const FIX_LOGIN: &str = "mqtt.username and mqtt.password (or mqtt.password_file / the mqtt-password credential), then SIGHUP; or the broker's ACL";
+const BAD_LOGIN: &str = "mqtt: broker refused the login: bad username or password";
+const NOT_AUTHORIZED: &str =
+    "mqtt: broker refused the login: not authorized (wrong username or password, or not allowed)";
 
 /// CONNACK refusals of MQTT 3.1.1.
 fn connack_v4(code: rumqttc::ConnectReturnCode, detail: String) -> Failure {
     use rumqttc::ConnectReturnCode as C;
     match code {
-        C::BadUserNamePassword => refused("mqtt: bad username or password", FIX_PASSWORD, detail),
-        C::NotAuthorized => refused("mqtt: not authorized", FIX_ACL, detail),
+        C::BadUserNamePassword => refused(BAD_LOGIN, FIX_PASSWORD, detail),
+        C::NotAuthorized => refused(NOT_AUTHORIZED, FIX_LOGIN, detail),
         C::BadClientId => refused("mqtt: client id refused", "mqtt.client_id", detail),
         C::RefusedProtocolVersion => {
             refused("mqtt: protocol version refused", "mqtt.protocol", detail)
@@ -68,8 +74,8 @@ fn connack_v4(code: rumqttc::ConnectReturnCode, detail: String) -> Failure {
 fn connack_v5(code: p5::ConnectReturnCode, detail: String) -> Failure {
     use p5::ConnectReturnCode as C;
     match code {
-        C::BadUserNamePassword => refused("mqtt: bad username or password", FIX_PASSWORD, detail),
-        C::NotAuthorized => refused("mqtt: not authorized", FIX_ACL, detail),
+        C::BadUserNamePassword => refused(BAD_LOGIN, FIX_PASSWORD, detail),
+        C::NotAuthorized => refused(NOT_AUTHORIZED, FIX_LOGIN, detail),
         C::BadAuthenticationMethod => {
             refused("mqtt: authentication method refused", FIX_PASSWORD, detail)
         }
@@ -217,6 +223,46 @@ fn tls(e: &rustls::Error, detail: String) -> Failure {
 fn io(e: &std::io::Error, detail: String) -> Failure {
     match rustls_of(e) {
         Some(t) => tls(t, detail),
+        None => by_text(detail),
+    }
+}
+
+/// rumqttc turns an error met while reading a packet into text (a TLS alert that arrives after
+/// the handshake, as with TLS 1.3 client certificates): recognise the rustls names in it.
+fn by_text(detail: String) -> Failure {
+    use rustls::Error as E;
+    let alert = |a| E::AlertReceived(a);
+    let cert = |c| E::InvalidCertificate(c);
+    let known = [
+        (
+            "CertificateRequired",
+            alert(AlertDescription::CertificateRequired),
+        ),
+        (
+            "CertificateExpired",
+            alert(AlertDescription::CertificateExpired),
+        ),
+        ("alert: UnknownCA", alert(AlertDescription::UnknownCA)),
+        (
+            "alert: BadCertificate",
+            alert(AlertDescription::BadCertificate),
+        ),
+        (
+            "alert: CertificateUnknown",
+            alert(AlertDescription::CertificateUnknown),
+        ),
+        ("alert: AccessDenied", alert(AlertDescription::AccessDenied)),
+        ("UnknownIssuer", cert(CertificateError::UnknownIssuer)),
+        (
+            "not valid for name",
+            cert(CertificateError::NotValidForName),
+        ),
+    ];
+    match known
+        .into_iter()
+        .find(|(needle, _)| detail.contains(needle))
+    {
+        Some((_, e)) => tls(&e, detail),
         None => lost(detail),
     }
 }
@@ -240,7 +286,7 @@ pub(crate) fn v4(e: &rumqttc::ConnectionError) -> Failure {
         E::ConnectionRefused(code) => connack_v4(*code, detail),
         E::Tls(t) => tls_lib(t, detail),
         E::Io(i) => io(i, detail),
-        _ => lost(detail),
+        _ => by_text(detail),
     }
 }
 
@@ -255,7 +301,7 @@ pub(crate) fn v5(e: &v5::ConnectionError) -> Failure {
         E::MqttState(v5::StateError::Io(i)) => io(i, detail),
         E::Tls(t) => tls_lib(t, detail),
         E::Io(i) => io(i, detail),
-        _ => lost(detail),
+        _ => by_text(detail),
     }
 }
 
@@ -267,10 +313,12 @@ mod tests {
     fn reason_codes_become_causes_and_keys() {
         let f = connack_v5(p5::ConnectReturnCode::BadUserNamePassword, String::new());
         assert!(f.cause.contains("bad username or password") && f.fix.contains("mqtt.password"));
+        let f = connack_v5(p5::ConnectReturnCode::NotAuthorized, String::new());
+        assert!(f.cause.contains("refused the login") && f.fix.contains("mqtt.password"));
         let f = connack_v5(p5::ConnectReturnCode::QuotaExceeded, String::new());
         assert_eq!(f.cause, "mqtt: quota exceeded");
-        let f = connack_v4(rumqttc::ConnectReturnCode::NotAuthorized, String::new());
-        assert_eq!(f.cause, "mqtt: not authorized");
+        let f = by_text("IO: received fatal alert: CertificateRequired".into());
+        assert!(f.cause.contains("requires a client certificate"), "{f:?}");
         assert_eq!(
             suback_v5(&p5::SubscribeReasonCode::TopicFilterInvalid),
             Some("mqtt: subscription refused: topic filter invalid")

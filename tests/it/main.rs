@@ -13,3 +13,4 @@ mod normalisation;
 mod operations;
 mod pipeline;
 mod telemetry;
+mod tls;
