@@ -9,6 +9,7 @@
 mod dashboards;
 mod faults;
 mod harness;
+mod mqtt5;
 mod normalisation;
 mod operations;
 mod pipeline;

@@ -238,13 +238,6 @@ impl Stack {
         Daemon::start(&self.config, &env)
     }
 
-    /// A daemon started once its log holds `needle`, not waiting for it to be ready.
-    pub fn start_daemon_until(&self, changed: &[(&str, &str)], needle: &str) -> Daemon {
-        let mut env = self.daemon_env(&self.store.url());
-        env.extend(changed.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        Daemon::start_until(&self.config, &env, needle)
-    }
-
     pub fn state_path(&self) -> &Path {
         self.state.path()
     }
