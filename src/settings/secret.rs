@@ -131,8 +131,12 @@ pub(super) fn secret(
             });
     }
     if let Some(path) = credential_path(name) {
+        // An empty credential file means "not set" (the .deb installs empty ones).
         return read(&path)
-            .map(|s| Secret::from_source(s, SecretSource::Credential(name.to_string())))
+            .map(|s| match s.is_empty() {
+                true => Secret::default(),
+                false => Secret::from_source(s, SecretSource::Credential(name.to_string())),
+            })
             .map_err(|e| {
                 ConfigError::new(
                     file_key,

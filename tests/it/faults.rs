@@ -40,7 +40,6 @@ both_protocols!(
     sigterm_with_the_store_down_keeps_the_rest_in_the_spool_for_the_next_start,
     readyz_says_why_while_the_store_is_down_and_recovers_with_it,
     sigterm_with_a_full_spool_and_the_store_down_exits_within_the_drain_timeout,
-
 );
 
 /// Long enough for a few thousand readings through a debug build on two cores.
@@ -157,7 +156,9 @@ fn the_broker_restarts_mid_run_and_keeps_what_it_queued(protocol: &'static str) 
     assert_store_holds_bins(&stack, 800);
 }
 
-fn a_full_spool_stops_acknowledging_and_loses_nothing_once_the_store_returns(protocol: &'static str) {
+fn a_full_spool_stops_acknowledging_and_loses_nothing_once_the_store_returns(
+    protocol: &'static str,
+) {
     let mut stack = Stack::start().speaking(protocol);
     stack.store.stop();
     let mut daemon = stack.start_daemon_with(&[
@@ -306,7 +307,9 @@ fn sigterm_drains_into_the_store_acknowledges_and_exits_zero(protocol: &'static 
     assert_store_holds_bins(&stack, 300);
 }
 
-fn sigterm_with_the_store_down_keeps_the_rest_in_the_spool_for_the_next_start(protocol: &'static str) {
+fn sigterm_with_the_store_down_keeps_the_rest_in_the_spool_for_the_next_start(
+    protocol: &'static str,
+) {
     let stack = Stack::start().speaking(protocol);
     let nowhere = format!("http://127.0.0.1:{}", free_port());
     let mut daemon = stack.start_daemon_with(&[
@@ -348,7 +351,9 @@ fn readyz_says_why_while_the_store_is_down_and_recovers_with_it(protocol: &'stat
     ready_becomes(&stack, 200, "/readyz to say 200 once the store came back");
 }
 
-fn sigterm_with_a_full_spool_and_the_store_down_exits_within_the_drain_timeout(protocol: &'static str) {
+fn sigterm_with_a_full_spool_and_the_store_down_exits_within_the_drain_timeout(
+    protocol: &'static str,
+) {
     let mut stack = Stack::start().speaking(protocol);
     stack.store.stop();
     let mut daemon = stack.start_daemon_with(&[

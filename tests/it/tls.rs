@@ -329,3 +329,29 @@ fn check_config_validates_the_tls_files_and_names_each_secret_source_never_its_v
     let meant = [remote[0], ("URBANFLUX__INFLUX__ALLOW_INSECURE", "true")];
     assert_eq!(check(&meant).0, Some(0));
 }
+
+#[test]
+fn a_store_certificate_from_another_ca_is_named_and_readyz_says_so() {
+    let secure = Secure::start("5", |p| &p.server);
+    secure.set_mqtt_tls(&secure.pki.ca, Some(&secure.pki.client), "");
+    let mut env = secure.env("info");
+    env.push((
+        "URBANFLUX__INFLUX__TLS__CA_FILE".into(),
+        secure.pki.other_ca.display().to_string(),
+    ));
+    let mut daemon = Daemon::start_until(&secure.stack.config, &env, "urbanflux ready");
+    secure.publish(&fixtures::good_named(&FIXTURES[..1]));
+    daemon.wait_for_log("not signed by influx.tls.ca_file", STORE_TIMEOUT);
+    eventually(
+        READY_TIMEOUT,
+        "/readyz to name the store TLS failure",
+        || match readyz(&secure.stack) {
+            (503, body) if body.contains("store TLS handshake failed") => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    assert!(
+        daemon.is_running(),
+        "a store TLS failure is retried, not fatal"
+    );
+}
