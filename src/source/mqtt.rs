@@ -123,8 +123,21 @@ fn spawn_poller(
                     if tx.send(Err((failure, wait))).await.is_err() {
                         return;
                     }
-                    tokio::time::sleep(wait).await;
-                    if connect.has_changed().unwrap_or(false) {
+                    let until = tokio::time::Instant::now() + wait;
+                    let changed = tokio::select! {
+                        // The backoff wait is over.
+                        _ = tokio::time::sleep_until(until) => false,
+                        // SIGHUP brought new credentials or TLS files: try them now.
+                        r = connect.changed() => match r {
+                            Ok(()) => true,
+                            // No reload any more (no SIGHUP handler): just wait.
+                            Err(_) => {
+                                tokio::time::sleep_until(until).await;
+                                false
+                            }
+                        },
+                    };
+                    if changed || connect.has_changed().unwrap_or(false) {
                         let next = connect.borrow_and_update().clone();
                         match connection.set_connect(&next) {
                             Ok(()) => telemetry.mqtt_connect_settings_applied(),

@@ -355,3 +355,34 @@ fn a_store_certificate_from_another_ca_is_named_and_readyz_says_so() {
         "a store TLS failure is retried, not fatal"
     );
 }
+
+#[test]
+fn an_expired_broker_certificate_is_named_and_a_renewed_one_is_taken_without_a_restart() {
+    let mut secure = Secure::start("5", |p| &p.expired_server);
+    secure.set_mqtt_tls(&secure.pki.ca, Some(&secure.pki.client), "");
+    let mut env = secure.env("info");
+    env.push(("URBANFLUX__MQTT__RECONNECT_MAX".into(), "2s".into()));
+    let cause = "broker certificate expired";
+    let mut daemon = Daemon::start_until(&secure.stack.config, &env, cause);
+    eventually(
+        READY_TIMEOUT,
+        "/readyz to name the expired certificate",
+        || match readyz(&secure.stack) {
+            (503, body) if body.contains(cause) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    // The broker's certificate is renewed in place; urbanflux's next attempt succeeds.
+    let (expired, renewed) = (&secure.pki.expired_server, &secure.pki.server);
+    fs::copy(&renewed.cert, &expired.cert).unwrap();
+    fs::copy(&renewed.key, &expired.key).unwrap();
+    secure.stack.broker.restart();
+    daemon.wait_for_log("urbanflux ready", READY_TIMEOUT);
+    let fixtures = fixtures::good_named(&FIXTURES[..1]);
+    secure.publish(&fixtures);
+    secure.stack.store.assert_holds_exactly(
+        &MEASUREMENTS[..1],
+        &expected(&fixtures),
+        STORE_TIMEOUT,
+    );
+}

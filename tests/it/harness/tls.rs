@@ -50,6 +50,8 @@ pub struct Pki {
     /// For `broker.test` only: a server-name mismatch when reached as 127.0.0.1.
     pub named_server: Pair,
     pub client: Pair,
+    /// For 127.0.0.1, valid in 2020 only.
+    pub expired_server: Pair,
 }
 
 struct Ca {
@@ -72,9 +74,21 @@ fn ca(name: &str) -> Ca {
 }
 
 fn leaf(ca: &Ca, names: &[&str], usage: ExtendedKeyUsagePurpose, dir: &Path, stem: &str) -> Pair {
+    leaf_with(ca, names, usage, dir, stem, |_| {})
+}
+
+fn leaf_with(
+    ca: &Ca,
+    names: &[&str],
+    usage: ExtendedKeyUsagePurpose,
+    dir: &Path,
+    stem: &str,
+    adjust: impl FnOnce(&mut CertificateParams),
+) -> Pair {
     let key = KeyPair::generate().expect("a leaf key");
     let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
     let mut params = CertificateParams::new(names).expect("leaf params");
+    adjust(&mut params);
     params.distinguished_name.push(DnType::CommonName, stem);
     params.extended_key_usages = vec![usage];
     let cert = params
@@ -117,6 +131,17 @@ impl Pki {
                 ExtendedKeyUsagePurpose::ClientAuth,
                 d,
                 "client",
+            ),
+            expired_server: leaf_with(
+                &main,
+                &["127.0.0.1"],
+                ExtendedKeyUsagePurpose::ServerAuth,
+                d,
+                "expired-server",
+                |p| {
+                    p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+                    p.not_after = rcgen::date_time_ymd(2020, 12, 31);
+                },
             ),
             ca: ca_path,
             other_ca: other_path,
