@@ -237,7 +237,16 @@ pub fn restart_only_changes(old: &Settings, new: &Settings) -> Vec<&'static str>
     let (om, nm, oi, ni) = (&old.mqtt, &new.mqtt, &old.influx, &new.influx);
     let (ob, nb, os, ns) = (&old.batch, &new.batch, &old.spool, &new.spool);
     [
-        ("mqtt.url", (&om.host, om.port) != (&nm.host, nm.port)),
+        (
+            "mqtt.url",
+            (&om.host, om.port, om.connect.tls.is_some())
+                != (&nm.host, nm.port, nm.connect.tls.is_some()),
+        ),
+        // New credentials apply at the next attempt; rumqttc cannot forget them.
+        (
+            "mqtt.username (removed)",
+            om.connect.credentials.is_some() && nm.connect.credentials.is_none(),
+        ),
         ("mqtt.protocol", om.protocol != nm.protocol),
         ("mqtt.client_id", om.client_id != nm.client_id),
         ("mqtt.keep_alive", om.keep_alive != nm.keep_alive),
@@ -320,6 +329,23 @@ mod tests {
         let text = DEFAULT_CONFIG.replacen("unit = \"mph\"", "unit = \"degF\"", 1);
         let e = Settings::from_toml(&text).unwrap_err();
         assert!(e.problem.contains("does not convert into speed_kmh"), "{e}");
+    }
+
+    #[test]
+    fn mqtt_5_is_the_default_and_tls_files_are_checked_at_load() {
+        let s = Settings::from_toml(DEFAULT_CONFIG).unwrap();
+        assert_eq!(s.mqtt.protocol, Protocol::V5);
+        assert_eq!(s.mqtt.session_expiry, Duration::from_secs(86_400));
+        assert_eq!(s.mqtt.connect.tls, None);
+        let text = DEFAULT_CONFIG.replacen("protocol = \"5\"", "protocol = \"4.0\"", 1);
+        assert_eq!(Settings::from_toml(&text).unwrap_err().key, "mqtt.protocol");
+        let text =
+            DEFAULT_CONFIG.replacen("ca_file = \"\"", "ca_file = \"/nonexistent/ca.pem\"", 1);
+        let e = Settings::from_toml(&text).unwrap_err();
+        assert_eq!(e.key, "mqtt.tls.ca_file", "{e}");
+        let text = text.replacen("mqtt://127.0.0.1:1883", "mqtts://127.0.0.1", 1);
+        let e = Settings::from_toml(&text).unwrap_err();
+        assert!(e.problem.contains("cannot read /nonexistent/ca.pem"), "{e}");
     }
 
     #[test]
