@@ -85,7 +85,7 @@ impl Telemetry {
 
     pub(crate) fn subscription_refused(&self, filter: &str, reason: &'static str) {
         self.health.set_mqtt_problem(Some(reason));
-        error!(topic = %filter, reason, "broker refused the subscription (check its ACLs and mqtt.topics)");
+        error!(topic = %filter, reason, "broker refused the subscription (check its ACLs)");
     }
 
     /// Every subscription acknowledged: the first time, the daemon is ready.
