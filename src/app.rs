@@ -75,7 +75,13 @@ pub async fn run(
         ));
     }
     let (rules_tx, rules_rx) = watch::channel(Arc::new(Normaliser::new(&settings)));
-    tokio::spawn(reload_on_sighup(config, settings.clone(), rules_tx, log));
+    let (connect_tx, connect_rx) = watch::channel(settings.mqtt.connect.clone());
+    let reload = Reload {
+        rules: rules_tx,
+        connect: connect_tx,
+        log,
+    };
+    tokio::spawn(reload_on_sighup(config, settings.clone(), reload));
     let (events, mut ready) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         // READY=1 once connected and subscribed (the spool is opened before the source starts).
@@ -86,26 +92,40 @@ pub async fn run(
     if let Some(interval) = systemd::watchdog_interval() {
         tokio::spawn(feed_watchdog(interval, telemetry.clone(), shutdown.clone()));
     }
-    pipeline(
-        settings, rules_rx, sinks, telemetry, devices, events, shutdown,
-    )
-    .await
+    let control = Control {
+        rules: rules_rx,
+        connect: connect_rx,
+        events,
+    };
+    pipeline(settings, control, sinks, telemetry, devices, shutdown).await
+}
+
+/// What the daemon's control side hands the pipeline: new rules and new MQTT credentials or
+/// TLS files (SIGHUP), and where the source says it is ready.
+pub(crate) struct Control {
+    pub rules: watch::Receiver<Arc<Normaliser>>,
+    pub connect: watch::Receiver<crate::settings::MqttConnect>,
+    pub events: mpsc::UnboundedSender<SourceEvent>,
 }
 
 /// Runs the stages until `shutdown` is cancelled, then drains. Returns an error on a fault that
-/// must restart the process (the spool or the dead-letter file cannot be written). `rules`
-/// carries the normaliser; sending a new one (SIGHUP) swaps it between two messages without
-/// touching the MQTT session. `devices` is fed by normalise, judged and saved on its own
-/// timers, and saved a last time once normalise has drained.
+/// must restart the process (the spool or the dead-letter file cannot be written). A new
+/// normaliser on `control.rules` (SIGHUP) takes over between two messages without touching the
+/// MQTT session. `devices` is fed by normalise, judged and saved on its own timers, and saved a
+/// last time once normalise has drained.
 pub(crate) async fn pipeline(
     settings: Settings,
-    rules: watch::Receiver<Arc<Normaliser>>,
+    control: Control,
     sinks: Vec<Box<dyn Sink>>,
     telemetry: Arc<Telemetry>,
     devices: Arc<Tracker>,
-    events: mpsc::UnboundedSender<SourceEvent>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let Control {
+        rules,
+        connect,
+        events,
+    } = control;
     let dead = Arc::new(Mutex::new(open_dead_letters(&settings.state_dir)?));
     let spool_dir = settings.state_dir.join("spool");
     let (spool_writer, spool_reader, report) = spool::open(SpoolConfig {
@@ -128,6 +148,7 @@ pub(crate) async fn pipeline(
 
     let source = tokio::spawn(mqtt::run(
         settings.mqtt.clone(),
+        connect,
         delivery_tx,
         events,
         telemetry.clone(),
@@ -267,15 +288,24 @@ async fn feed_watchdog(interval: Duration, telemetry: Arc<Telemetry>, shutdown: 
     }
 }
 
-/// SIGHUP: reload rules, registry and log level from the same file. An invalid file is refused
-/// and the running configuration stays; the MQTT session is never touched. Keys that only a
-/// restart applies are named.
-async fn reload_on_sighup(
-    path: PathBuf,
-    mut running: Settings,
+/// What SIGHUP hands to the running daemon.
+struct Reload {
     rules: watch::Sender<Arc<Normaliser>>,
+    /// MQTT credentials and TLS files, used from the next connection attempt on.
+    connect: watch::Sender<crate::settings::MqttConnect>,
     log: logging::LevelHandle,
-) {
+}
+
+/// SIGHUP: reload rules, registry, log level, and the MQTT credentials and TLS files (password
+/// file, credentials, certificates re-read) from the same file. An invalid file is refused and
+/// the running configuration stays; the MQTT session is never touched: new credentials apply
+/// at the next connection attempt. Keys that only a restart applies are named.
+async fn reload_on_sighup(path: PathBuf, mut running: Settings, reload: Reload) {
+    let Reload {
+        rules,
+        connect,
+        log,
+    } = reload;
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => s,
@@ -295,6 +325,10 @@ async fn reload_on_sighup(
                     warn!(key, "this setting changed but only applies after a restart (systemctl restart urbanflux)");
                 }
                 rules.send_replace(Arc::new(Normaliser::new(&new)));
+                if new.mqtt.connect != running.mqtt.connect {
+                    info!("mqtt credentials or TLS files changed: used from the next connection attempt");
+                    connect.send_replace(new.mqtt.connect.clone());
+                }
                 if let Err(e) = log.set(&new.log_level) {
                     warn!(error = %e, "cannot change the log level");
                 }

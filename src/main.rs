@@ -24,6 +24,9 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => match load(&config) {
             Ok(s) => {
                 println!("{}: valid ({} routes)", config.display(), s.routes.len());
+                for line in s.secret_report() {
+                    println!("  {line}");
+                }
                 ExitCode::SUCCESS
             }
             Err(code) => code,

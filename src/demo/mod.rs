@@ -55,13 +55,18 @@ pub async fn run(
         &settings.state_dir,
         &stats,
     ));
+    let (_connect, connect) = tokio::sync::watch::channel(settings.mqtt.connect.clone());
+    let control = crate::app::Control {
+        rules: rules_rx,
+        connect,
+        events,
+    };
     let pipeline = tokio::spawn(crate::app::pipeline(
         settings,
-        rules_rx,
+        control,
         sinks,
         stats.clone(),
         devices,
-        events,
         shutdown.clone(),
     ));
 

@@ -5,6 +5,7 @@
 
 mod raw;
 mod secret;
+pub mod tls;
 mod validate;
 
 use std::num::{NonZeroU16, NonZeroUsize};
@@ -16,7 +17,8 @@ use crate::error::ConfigError;
 use crate::registry::Registry;
 use crate::rules::Rule;
 
-pub use secret::Secret;
+pub use secret::{Secret, SecretSource};
+pub use tls::TlsFiles;
 
 /// The shipped default configuration, also what `urbanflux demo` runs on.
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/urbanflux.toml");
@@ -60,20 +62,50 @@ pub struct DevicesSettings {
     pub forget_after: Duration,
 }
 
+/// The MQTT protocol version spoken to the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    V5,
+    V311,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::V5 => "5",
+            Protocol::V311 => "3.1.1",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct MqttSettings {
     pub host: String,
     pub port: u16,
+    pub protocol: Protocol,
     pub client_id: String,
-    pub credentials: Option<(String, Secret)>,
+    /// What a connection attempt presents (applied on SIGHUP at the next attempt).
+    pub connect: MqttConnect,
     pub keep_alive: Duration,
-    /// How many unacknowledged messages the broker lets us hold (its max_inflight_messages).
+    /// MQTT 5: how long the broker keeps our session and its queue while we are away.
+    pub session_expiry: Duration,
+    /// How many unacknowledged messages we hold at most: our Receive Maximum with MQTT 5; with
+    /// 3.1.1 the broker's max_inflight_messages decides.
     pub max_inflight: NonZeroU16,
     pub topics: Vec<String>,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
     /// Subscriptions silent for longer than this are reported ("connected but silent").
     pub expected_interval: Vec<(String, Duration)>,
+}
+
+/// Credentials and TLS of the broker connection: re-read on SIGHUP and used from the next
+/// connection attempt on, so a fixed password or certificate needs no restart.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MqttConnect {
+    pub credentials: Option<(String, Secret)>,
+    /// `Some` for mqtts://.
+    pub tls: Option<TlsFiles>,
 }
 
 /// Which write API the store speaks.
@@ -97,6 +129,8 @@ pub struct InfluxSettings {
     pub basic_auth: Option<(String, Secret)>,
     pub timeout: Duration,
     pub gzip: bool,
+    /// CA and client certificate for https:// (empty when unused).
+    pub tls: TlsFiles,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -166,19 +200,80 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// For `check-config`: where each secret came from and which TLS files were checked; never
+    /// a value.
+    pub fn secret_report(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut secret = |key: &str, s: Option<&Secret>| {
+            let source = s.map(|s| s.source().to_string());
+            out.push(format!("{key}: {}", source.as_deref().unwrap_or("not set")));
+        };
+        secret(
+            "mqtt.password",
+            self.mqtt.connect.credentials.as_ref().map(|(_, p)| p),
+        );
+        secret("influx.token", Some(&self.influx.token));
+        secret(
+            "influx.password",
+            self.influx.basic_auth.as_ref().map(|(_, p)| p),
+        );
+        let tls = |section: &str, files: Option<&TlsFiles>| match files {
+            None => format!("{section}: off"),
+            Some(f) => {
+                let ca = f.ca.as_ref().map_or("system roots".to_string(), |c| {
+                    format!("CA {} (PEM ok)", c.path.display())
+                });
+                let client = match (&f.client_cert, &f.client_key) {
+                    (Some(c), Some(k)) => format!(
+                        "client certificate {} with its key from {} (PEM ok, key matches)",
+                        c.path.display(),
+                        k.source()
+                    ),
+                    _ => "no client certificate".to_string(),
+                };
+                let name = f
+                    .server_name
+                    .as_ref()
+                    .map(|n| format!(", server name {n}"))
+                    .unwrap_or_default();
+                format!("{section}: {ca}, {client}{name}")
+            }
+        };
+        out.push(tls("mqtt.tls", self.mqtt.connect.tls.as_ref()));
+        let influx_tls = self
+            .influx
+            .url
+            .starts_with("https://")
+            .then_some(&self.influx.tls);
+        out.push(tls("influx.tls", influx_tls));
+        out
+    }
+}
+
 /// The keys that differ between two settings and that a running daemon cannot apply: they take
 /// effect after a restart. Compared by value, secrets included (their `Debug` is redacted).
 pub fn restart_only_changes(old: &Settings, new: &Settings) -> Vec<&'static str> {
     let (om, nm, oi, ni) = (&old.mqtt, &new.mqtt, &old.influx, &new.influx);
     let (ob, nb, os, ns) = (&old.batch, &new.batch, &old.spool, &new.spool);
     [
-        ("mqtt.url", (&om.host, om.port) != (&nm.host, nm.port)),
-        ("mqtt.client_id", om.client_id != nm.client_id),
         (
-            "mqtt.username / mqtt.password",
-            om.credentials != nm.credentials,
+            "mqtt.url",
+            (&om.host, om.port, om.connect.tls.is_some())
+                != (&nm.host, nm.port, nm.connect.tls.is_some()),
         ),
+        // New credentials apply at the next attempt; rumqttc cannot forget them.
+        (
+            "mqtt.username (removed)",
+            om.connect.credentials.is_some() && nm.connect.credentials.is_none(),
+        ),
+        ("mqtt.protocol", om.protocol != nm.protocol),
+        ("mqtt.client_id", om.client_id != nm.client_id),
         ("mqtt.keep_alive", om.keep_alive != nm.keep_alive),
+        (
+            "mqtt.session_expiry",
+            om.session_expiry != nm.session_expiry,
+        ),
         ("mqtt.max_inflight", om.max_inflight != nm.max_inflight),
         ("mqtt.topics", om.topics != nm.topics),
         (
@@ -201,6 +296,7 @@ pub fn restart_only_changes(old: &Settings, new: &Settings) -> Vec<&'static str>
         ),
         ("influx.timeout", oi.timeout != ni.timeout),
         ("influx.gzip", oi.gzip != ni.gzip),
+        ("influx.tls", oi.tls != ni.tls),
         ("batch", ob != nb),
         ("spool", os != ns),
         ("state.dir", old.state_dir != new.state_dir),
@@ -258,6 +354,23 @@ mod tests {
         let text = DEFAULT_CONFIG.replacen("unit = \"mph\"", "unit = \"degF\"", 1);
         let e = Settings::from_toml(&text).unwrap_err();
         assert!(e.problem.contains("does not convert into speed_kmh"), "{e}");
+    }
+
+    #[test]
+    fn mqtt_5_is_the_default_and_tls_files_are_checked_at_load() {
+        let s = Settings::from_toml(DEFAULT_CONFIG).unwrap();
+        assert_eq!(s.mqtt.protocol, Protocol::V5);
+        assert_eq!(s.mqtt.session_expiry, Duration::from_secs(86_400));
+        assert_eq!(s.mqtt.connect.tls, None);
+        let text = DEFAULT_CONFIG.replacen("protocol = \"5\"", "protocol = \"4.0\"", 1);
+        assert_eq!(Settings::from_toml(&text).unwrap_err().key, "mqtt.protocol");
+        let text =
+            DEFAULT_CONFIG.replacen("ca_file = \"\"", "ca_file = \"/nonexistent/ca.pem\"", 1);
+        let e = Settings::from_toml(&text).unwrap_err();
+        assert_eq!(e.key, "mqtt.tls.ca_file", "{e}");
+        let text = text.replacen("mqtt://127.0.0.1:1883", "mqtts://127.0.0.1", 1);
+        let e = Settings::from_toml(&text).unwrap_err();
+        assert!(e.problem.contains("cannot read /nonexistent/ca.pem"), "{e}");
     }
 
     #[test]

@@ -41,6 +41,14 @@ pub(super) struct Raw {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawMqtt {
     pub(super) url: String,
+    /// "5" (default) or "3.1.1".
+    #[serde(default = "default_protocol")]
+    pub(super) protocol: String,
+    /// MQTT 5: how long the broker keeps our session while we are away.
+    #[serde(default = "default_session_expiry")]
+    pub(super) session_expiry: String,
+    #[serde(default)]
+    pub(super) tls: RawTls,
     #[serde(default = "default_client_id")]
     pub(super) client_id: String,
     #[serde(default)]
@@ -63,6 +71,23 @@ pub(super) struct RawMqtt {
     pub(super) expected_interval: BTreeMap<String, String>,
 }
 
+/// `mqtt.tls` and `influx.tls`: PEM files; empty = not used.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawTls {
+    pub(super) ca_file: String,
+    pub(super) client_cert_file: String,
+    pub(super) client_key_file: String,
+    /// mqtt only: the name the broker's certificate must carry, when not the URL's host.
+    pub(super) server_name: String,
+}
+
+fn default_protocol() -> String {
+    "5".into()
+}
+fn default_session_expiry() -> String {
+    "1d".into()
+}
 fn default_client_id() -> String {
     "urbanflux".into()
 }
@@ -98,6 +123,8 @@ pub(super) struct RawInflux {
     #[serde(default)]
     pub(super) password: String,
     #[serde(default)]
+    pub(super) password_file: String,
+    #[serde(default)]
     pub(super) token: String,
     #[serde(default)]
     pub(super) token_file: String,
@@ -105,6 +132,11 @@ pub(super) struct RawInflux {
     pub(super) timeout: String,
     #[serde(default = "default_true")]
     pub(super) gzip: bool,
+    /// A token or password over plain http:// to a host that is not loopback is meant.
+    #[serde(default)]
+    pub(super) allow_insecure: bool,
+    #[serde(default)]
+    pub(super) tls: RawTls,
 }
 
 fn default_api() -> String {

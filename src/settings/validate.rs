@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use super::raw::RawDevices;
 use super::raw::{Raw, RawSpool};
-use super::secret::{secret, Secret};
+use super::secret::secret;
 use super::{
-    BatchSettings, DevicesSettings, InfluxApi, InfluxSettings, MqttSettings, Settings,
-    SpoolSettings,
+    BatchSettings, DevicesSettings, InfluxApi, InfluxSettings, MqttConnect, MqttSettings, Protocol,
+    Settings, SpoolSettings,
 };
 use crate::error::ConfigError;
 use crate::topic::check_filter;
@@ -36,19 +36,38 @@ fn non_empty(key: &str, value: &str, fix: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// `mqtt://host[:port]` (or `tcp://`) into host and port.
-pub(super) fn parse_mqtt_url(url: &str) -> Result<(String, u16), ConfigError> {
+/// `mqtt://host[:port]` (or `tcp://`), `mqtts://host[:port]` (or `ssl://`) into host, port and
+/// whether TLS is on.
+pub(super) fn parse_mqtt_url(url: &str) -> Result<(String, u16, bool), ConfigError> {
     let bad = |problem: String| {
         err(
             "mqtt.url",
             problem,
-            "write mqtt://HOST:PORT, e.g. mqtt://127.0.0.1:1883",
+            "write mqtt://HOST:PORT or mqtts://HOST:PORT, e.g. mqtts://broker.example.org:8883",
         )
     };
-    let rest = url
+    if url.starts_with("ws://") || url.starts_with("wss://") {
+        return Err(err(
+            "mqtt.url",
+            format!("{url:?}: MQTT over WebSocket is not built into urbanflux"),
+            "connect to the broker's MQTT listener with mqtts://HOST:8883 (TLS) instead",
+        ));
+    }
+    let (rest, tls) = if let Some(r) = url
+        .strip_prefix("mqtts://")
+        .or_else(|| url.strip_prefix("ssl://"))
+    {
+        (r, true)
+    } else if let Some(r) = url
         .strip_prefix("mqtt://")
         .or_else(|| url.strip_prefix("tcp://"))
-        .ok_or_else(|| bad(format!("{url:?} does not start with mqtt://")))?;
+    {
+        (r, false)
+    } else {
+        return Err(bad(format!(
+            "{url:?} does not start with mqtt:// or mqtts://"
+        )));
+    };
     let rest = rest.trim_end_matches('/');
     let (host, port) = match rest.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
@@ -57,18 +76,64 @@ pub(super) fn parse_mqtt_url(url: &str) -> Result<(String, u16), ConfigError> {
                 .map_err(|_| bad(format!("port {p:?} is not a number from 1 to 65535")))?;
             (h, port)
         }
-        _ => (rest, 1883),
+        _ => (rest, if tls { 8883 } else { 1883 }),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() || port == 0 {
         return Err(bad(format!("{url:?} has no host or port")));
     }
-    Ok((host.to_string(), port))
+    Ok((host.to_string(), port, tls))
+}
+
+/// The host of an http(s) URL is this machine: a secret sent there in clear stays on it.
+fn is_loopback(url: &str) -> bool {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let authority = rest.split('/').next().unwrap_or("");
+    let authority = authority
+        .rsplit_once('@')
+        .map(|(_, h)| h)
+        .unwrap_or(authority);
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        authority.split(':').next().unwrap_or("")
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl Raw {
     pub(super) fn validate(mut self) -> Result<Settings, ConfigError> {
-        let (host, port) = parse_mqtt_url(&self.mqtt.url)?;
+        let (host, port, tls_on) = parse_mqtt_url(&self.mqtt.url)?;
+        let protocol = match self.mqtt.protocol.trim() {
+            "5" | "5.0" => Protocol::V5,
+            "3.1.1" | "4" => Protocol::V311,
+            other => {
+                return Err(err(
+                    "mqtt.protocol",
+                    format!("{other:?} is not an MQTT version urbanflux speaks"),
+                    "use \"5\" (default) or \"3.1.1\" for brokers without MQTT 5",
+                ))
+            }
+        };
+        let session_expiry = duration("mqtt.session_expiry", &self.mqtt.session_expiry)?;
+        if session_expiry.as_secs() > u64::from(u32::MAX) {
+            return Err(err(
+                "mqtt.session_expiry",
+                "is longer than MQTT allows (about 136 years)",
+                "e.g. session_expiry = \"1d\"",
+            ));
+        }
+        let mqtt_tls = super::tls::load("mqtt.tls", &self.mqtt.tls, "mqtt-client-key")?;
+        if !tls_on && !mqtt_tls.is_empty() {
+            return Err(err(
+                "mqtt.tls",
+                "TLS files are set but mqtt.url is not mqtts://",
+                "write mqtts://HOST:8883 in mqtt.url, or remove the mqtt.tls keys",
+            ));
+        }
         non_empty(
             "mqtt.client_id",
             &self.mqtt.client_id,
@@ -91,14 +156,14 @@ impl Raw {
                 err(
                     "mqtt.max_inflight",
                     format!("{} is not within 1..=65535", self.mqtt.max_inflight),
-                    "set it to the broker's max_inflight_messages (mosquitto: 1000 recommended)",
+                    "e.g. 1000 (MQTT 5: our Receive Maximum; 3.1.1: the broker's max_inflight_messages)",
                 )
             })?;
         let credentials = if self.mqtt.username.is_empty() {
             None
         } else {
             let password = secret(
-                "mqtt.password_file",
+                "mqtt.password",
                 self.mqtt.password,
                 &self.mqtt.password_file,
                 "mqtt-password",
@@ -106,7 +171,7 @@ impl Raw {
             Some((self.mqtt.username, password))
         };
         let token = secret(
-            "influx.token_file",
+            "influx.token",
             std::mem::take(&mut self.influx.token),
             &self.influx.token_file,
             "influx-token",
@@ -165,8 +230,41 @@ impl Raw {
                 ))
             }
         };
-        let basic_auth = (!self.influx.username.is_empty())
-            .then(|| (self.influx.username, Secret::new(self.influx.password)));
+        let basic_auth = if self.influx.username.is_empty() {
+            None
+        } else {
+            let password = secret(
+                "influx.password",
+                std::mem::take(&mut self.influx.password),
+                &self.influx.password_file,
+                "influx-password",
+            )?;
+            Some((std::mem::take(&mut self.influx.username), password))
+        };
+        let influx_tls = super::tls::load("influx.tls", &self.influx.tls, "influx-client-key")?;
+        if influx_tls.server_name.is_some() {
+            return Err(err(
+                "influx.tls.server_name",
+                "is not supported for the store",
+                "remove it and write the name the store's certificate carries in influx.url",
+            ));
+        }
+        let https = url.starts_with("https://");
+        if !https && !influx_tls.is_empty() {
+            return Err(err(
+                "influx.tls",
+                "TLS files are set but influx.url is http://",
+                "write https://HOST:PORT in influx.url, or remove the influx.tls keys",
+            ));
+        }
+        let sends_secret = !token.is_empty() || basic_auth.is_some();
+        if !https && sends_secret && !is_loopback(&url) && !self.influx.allow_insecure {
+            return Err(err(
+                "influx.url",
+                format!("{url} is plain http to another host: the token or password would cross the network in clear"),
+                "use https:// (with influx.tls.ca_file for a private CA), or set influx.allow_insecure = true if this is meant",
+            ));
+        }
 
         let max_lines = NonZeroUsize::new(self.batch.max_lines).ok_or_else(|| {
             err(
@@ -217,9 +315,14 @@ impl Raw {
             mqtt: MqttSettings {
                 host,
                 port,
+                protocol,
                 client_id: self.mqtt.client_id,
-                credentials,
+                connect: MqttConnect {
+                    credentials,
+                    tls: tls_on.then_some(mqtt_tls),
+                },
                 keep_alive: duration("mqtt.keep_alive", &self.mqtt.keep_alive)?,
+                session_expiry,
                 max_inflight,
                 topics: self.mqtt.topics,
                 reconnect_min,
@@ -233,6 +336,7 @@ impl Raw {
                 basic_auth,
                 timeout: duration("influx.timeout", &self.influx.timeout)?,
                 gzip: self.influx.gzip,
+                tls: influx_tls,
             },
             batch: BatchSettings {
                 max_lines,
@@ -363,16 +467,33 @@ mod tests {
     fn mqtt_urls_are_read_with_a_default_port() {
         assert_eq!(
             parse_mqtt_url("mqtt://127.0.0.1:1884").unwrap(),
-            ("127.0.0.1".into(), 1884)
+            ("127.0.0.1".into(), 1884, false)
         );
         assert_eq!(
             parse_mqtt_url("mqtt://broker").unwrap(),
-            ("broker".into(), 1883)
+            ("broker".into(), 1883, false)
+        );
+        assert_eq!(
+            parse_mqtt_url("mqtts://broker").unwrap(),
+            ("broker".into(), 8883, true)
         );
         assert_eq!(
             parse_mqtt_url("mqtt://[::1]:1883").unwrap(),
-            ("::1".into(), 1883)
+            ("::1".into(), 1883, false)
         );
         assert!(parse_mqtt_url("http://x").is_err());
+        assert!(parse_mqtt_url("wss://x")
+            .unwrap_err()
+            .fix
+            .contains("mqtts://"));
+    }
+
+    #[test]
+    fn loopback_hosts_are_told_from_others() {
+        assert!(is_loopback("http://127.0.0.1:8086"));
+        assert!(is_loopback("http://localhost:8086"));
+        assert!(is_loopback("http://[::1]:8086"));
+        assert!(!is_loopback("http://influx.example.org:8086"));
+        assert!(!is_loopback("http://10.0.0.5"));
     }
 }

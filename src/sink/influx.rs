@@ -15,6 +15,9 @@ use flate2::Compression;
 use super::{classify, Sink, SinkError, WriteFuture};
 use crate::settings::{InfluxApi, InfluxSettings, Secret};
 
+/// How a store error that failed in the TLS handshake begins (readiness looks for it).
+pub(crate) const STORE_TLS: &str = "store TLS handshake failed";
+
 /// Longest Retry-After we obey; a store asking for more is asked again sooner.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
@@ -30,13 +33,29 @@ pub(crate) struct InfluxSink {
 
 impl InfluxSink {
     pub(crate) fn new(s: &InfluxSettings) -> Result<InfluxSink, SinkError> {
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
             .timeout(s.timeout)
-            .connect_timeout(s.timeout.min(Duration::from_secs(5)))
-            .build()
-            .map_err(|e| SinkError::Auth {
-                message: format!("cannot build the HTTP client: {e}"),
-            })?;
+            .connect_timeout(s.timeout.min(Duration::from_secs(5)));
+        let setup = |e: reqwest::Error| SinkError::Auth {
+            message: format!("cannot build the HTTP client (influx.tls.*): {e}"),
+        };
+        if let Some(ca) = &s.tls.ca {
+            // Only the private CA: a store certificate from elsewhere is refused.
+            builder = builder.tls_built_in_root_certs(false);
+            for pem in split_pem(&ca.bytes) {
+                builder = builder.add_root_certificate(
+                    reqwest::Certificate::from_pem(pem.as_bytes()).map_err(setup)?,
+                );
+            }
+        }
+        if let (Some(cert), Some(key)) = (&s.tls.client_cert, &s.tls.client_key) {
+            let mut pem = cert.bytes.clone();
+            pem.push(b'\n');
+            pem.extend_from_slice(key.expose().as_bytes());
+            builder = builder.identity(reqwest::Identity::from_pem(&pem).map_err(setup)?);
+        }
+        let client = builder.build().map_err(setup)?;
         let url = match &s.api {
             InfluxApi::V2 { org, bucket } => format!(
                 "{}/api/v2/write?org={}&bucket={}&precision=ms",
@@ -90,7 +109,7 @@ impl InfluxSink {
             req.body(body.to_vec())
         };
         let resp = req.send().await.map_err(|e| SinkError::Retry {
-            message: format!("store unreachable: {e}"),
+            message: describe_send_error(&e),
             after: None,
         })?;
         let status = resp.status().as_u16();
@@ -128,4 +147,54 @@ fn encode_query(s: &str) -> String {
         }
     }
     out
+}
+
+/// Each certificate of a PEM bundle on its own (reqwest 0.11 takes one per call).
+fn split_pem(bytes: &[u8]) -> Vec<String> {
+    const END: &str = "-----END CERTIFICATE-----";
+    let text = String::from_utf8_lossy(bytes);
+    text.split_inclusive(END)
+        .filter(|part| part.contains("-----BEGIN CERTIFICATE-----"))
+        .map(|part| part.trim().to_string())
+        .collect()
+}
+
+/// A failed request, with a TLS failure named by its cause and the key that fixes it. reqwest
+/// 0.11 wraps an older rustls than the MQTT side, so the cause is read from the error chain.
+fn describe_send_error(e: &reqwest::Error) -> String {
+    let mut chain = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        chain.push_str(": ");
+        chain.push_str(&s.to_string());
+        source = s.source();
+    }
+    let tls = [
+        ("UnknownIssuer", "store certificate not signed by influx.tls.ca_file (fix influx.tls.ca_file)"),
+        ("BadSignature", "store certificate not signed by influx.tls.ca_file (fix influx.tls.ca_file)"),
+        ("NotValidForName", "store certificate names another host (fix the host of influx.url)"),
+        ("Expired", "store certificate expired (renew it, or check this machine's clock)"),
+        ("CertificateRequired", "store requires a client certificate (fix influx.tls.client_cert_file / client_key_file)"),
+        ("certificate required", "store requires a client certificate (fix influx.tls.client_cert_file / client_key_file)"),
+        ("UnknownCA", "store refused our client certificate (fix influx.tls.client_cert_file)"),
+        ("BadCertificate", "store refused our client certificate (fix influx.tls.client_cert_file)"),
+        ("CorruptMessage", "the store did not answer TLS (is influx.url https:// on a TLS port?)"),
+        ("InvalidContentType", "the store did not answer TLS (is influx.url https:// on a TLS port?)"),
+    ];
+    match tls.iter().find(|(needle, _)| chain.contains(needle)) {
+        Some((_, cause)) => format!("{STORE_TLS}: {cause}: {chain}"),
+        None => format!("store unreachable: {chain}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pem_bundle_splits_into_its_certificates() {
+        let one = "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----";
+        let bundle = format!("{one}\n{one}\n");
+        assert_eq!(split_pem(bundle.as_bytes()), vec![one, one]);
+    }
 }

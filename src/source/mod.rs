@@ -1,3 +1,6 @@
 //! Sources: where messages come from. Only this module talks MQTT.
 
+mod client;
+mod failure;
 pub mod mqtt;
+mod tls;

@@ -3,23 +3,24 @@
 //! unacknowledged message stays with the broker and comes back after a crash.
 //!
 //! The poll loop never waits on the pipeline: acknowledgements and keep-alives only leave while
-//! `poll()` runs. The broker's inflight window (mqtt.max_inflight) bounds what we hold.
+//! `poll()` runs. The inflight window bounds what we hold: with MQTT 5 our Receive Maximum
+//! (mqtt.max_inflight), with 3.1.1 the broker's max_inflight_messages. Both protocols share this
+//! loop through [`super::client`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use rumqttc::{
-    AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, SubscribeReasonCode,
-};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use super::client::{self, Client, Connection, Incoming};
+pub(crate) use super::failure::Failure;
 use crate::ack::{Ack, AckToken, Acker};
 use crate::model::{Delivery, Message};
 use crate::retry::Backoff;
-use crate::settings::MqttSettings;
+use crate::settings::{MqttConnect, MqttSettings};
 use crate::telemetry::health::{Stage, BEAT_EVERY};
 use crate::telemetry::Telemetry;
 
@@ -66,39 +67,22 @@ impl Silence {
     }
 }
 
-/// Largest packet we accept from the broker. Far above limits.max_payload_bytes on purpose: an
-/// oversized payload must arrive to be dead-lettered, or it would break the connection forever.
-const MAX_INCOMING_PACKET: usize = 16 * 1024 * 1024;
 /// How long a clean disconnect may take at shutdown.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
 
-struct ClientAcker(AsyncClient, Arc<Telemetry>);
+struct ClientAcker(Client, Arc<Telemetry>);
 
 impl Acker for ClientAcker {
     fn ack(&self, token: AckToken) {
         if token.qos == 0 {
             return;
         }
-        let mut p = Publish::new("", QoS::AtLeastOnce, Vec::new());
-        p.pkid = token.pkid;
         // The request channel holds more than the inflight window, so this does not fill up;
         // if it ever did, the message is redelivered later: a duplicate, never a loss.
-        if let Err(e) = self.0.try_ack(&p) {
+        if let Err(e) = self.0.try_ack(token.pkid) {
             self.1.puback_not_queued(token.pkid, &e);
         }
     }
-}
-
-fn options(s: &MqttSettings) -> MqttOptions {
-    let mut o = MqttOptions::new(&s.client_id, &s.host, s.port);
-    o.set_keep_alive(s.keep_alive)
-        .set_clean_session(false)
-        .set_manual_acks(true)
-        .set_max_packet_size(MAX_INCOMING_PACKET, 1024 * 1024);
-    if let Some((user, pass)) = &s.credentials {
-        o.set_credentials(user, pass.expose());
-    }
-    o
 }
 
 /// Events the pipeline cares about.
@@ -109,31 +93,61 @@ pub(crate) enum SourceEvent {
 }
 
 /// What the poll task hands to the source loop.
-type Polled = Result<Event, (String, Duration)>;
+type Polled = Result<Incoming, (Failure, Duration)>;
 
-/// Polls the event loop in a task of its own and never cancels `poll()`: a poll dropped halfway
-/// through a connect drops the connection. Backs off (with jitter) after every error. Ends after
-/// the DISCONNECT is sent or when the source loop is gone.
-fn spawn_poller(mut eventloop: EventLoop, mut backoff: Backoff) -> mpsc::Receiver<Polled> {
+/// Polls the connection in a task of its own and never cancels `poll()`: a poll dropped halfway
+/// through a connect drops the connection. Backs off (with jitter) after every error, and takes
+/// new credentials or TLS files (SIGHUP) before the next attempt. Ends after the DISCONNECT is
+/// sent or when the source loop is gone.
+fn spawn_poller(
+    mut connection: Connection,
+    mut backoff: Backoff,
+    mut connect: watch::Receiver<MqttConnect>,
+    telemetry: Arc<Telemetry>,
+) -> mpsc::Receiver<Polled> {
     let (tx, rx) = mpsc::channel(256);
     tokio::spawn(async move {
         loop {
-            match eventloop.poll().await {
+            match connection.poll().await {
                 Ok(event) => {
-                    let done = matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect));
-                    if matches!(event, Event::Incoming(Packet::ConnAck(_))) {
+                    let done = matches!(event, Incoming::DisconnectSent);
+                    if matches!(event, Incoming::Connected { .. }) {
                         backoff.reset();
                     }
                     if tx.send(Ok(event)).await.is_err() || done {
                         return;
                     }
                 }
-                Err(e) => {
+                Err(failure) => {
                     let wait = backoff.next_wait();
-                    if tx.send(Err((e.to_string(), wait))).await.is_err() {
+                    if tx.send(Err((failure, wait))).await.is_err() {
                         return;
                     }
-                    tokio::time::sleep(wait).await;
+                    let until = tokio::time::Instant::now() + wait;
+                    let changed = tokio::select! {
+                        // The backoff wait is over.
+                        _ = tokio::time::sleep_until(until) => false,
+                        // SIGHUP brought new credentials or TLS files: try them now.
+                        r = connect.changed() => match r {
+                            Ok(()) => true,
+                            // No reload any more (no SIGHUP handler): just wait.
+                            Err(_) => {
+                                tokio::time::sleep_until(until).await;
+                                false
+                            }
+                        },
+                    };
+                    if changed || connect.has_changed().unwrap_or(false) {
+                        let next = connect.borrow_and_update().clone();
+                        match connection.set_connect(&next) {
+                            Ok(()) => telemetry.mqtt_connect_settings_applied(),
+                            Err(f) => {
+                                if tx.send(Err((f, wait))).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -143,9 +157,11 @@ fn spawn_poller(mut eventloop: EventLoop, mut backoff: Backoff) -> mpsc::Receive
 
 /// Runs the source until `finish` is cancelled. Stops forwarding when `stop_intake` is cancelled
 /// (messages received after that are left unacknowledged for redelivery) but keeps polling so
-/// that the last acknowledgements leave.
+/// that the last acknowledgements leave. `connect` carries the credentials and TLS files; a new
+/// value is used from the next connection attempt on.
 pub(crate) async fn run(
     settings: MqttSettings,
+    connect: watch::Receiver<MqttConnect>,
     deliveries: mpsc::UnboundedSender<Delivery>,
     events: mpsc::UnboundedSender<SourceEvent>,
     telemetry: Arc<Telemetry>,
@@ -153,9 +169,18 @@ pub(crate) async fn run(
     finish: CancellationToken,
 ) {
     let capacity = usize::from(settings.max_inflight.get()) * 2 + 64;
-    let (client, eventloop) = AsyncClient::new(options(&settings), capacity);
+    let first = connect.borrow().clone();
+    let (client, connection) = match client::new(&settings, &first, capacity) {
+        Ok(pair) => pair,
+        Err(f) => {
+            // Checked at load; only a file gone bad since lands here. Retrying cannot help.
+            telemetry.mqtt_connection_failed(&f, Duration::ZERO);
+            finish.cancelled().await;
+            return;
+        }
+    };
     let backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
-    let mut polled = spawn_poller(eventloop, backoff);
+    let mut polled = spawn_poller(connection, backoff, connect, telemetry.clone());
     let acker: Arc<dyn Acker> = Arc::new(ClientAcker(client.clone(), telemetry.clone()));
     let mut deliveries = Some(deliveries);
     let mut pending_subacks = 0usize;
@@ -185,25 +210,25 @@ pub(crate) async fn run(
             },
         };
         match event {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                telemetry.mqtt_connected(ack.session_present, &settings.host, settings.port);
+            Ok(Incoming::Connected { session_present }) => {
+                telemetry.mqtt_connected(
+                    session_present,
+                    &settings.host,
+                    settings.port,
+                    settings.protocol.as_str(),
+                );
                 // Subscribe on every ConnAck: a broker that lost our session forgets them.
-                let filters: Vec<_> = settings
-                    .topics
-                    .iter()
-                    .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce))
-                    .collect();
                 pending_subacks = 1;
-                if let Err(e) = client.try_subscribe_many(filters) {
+                if let Err(e) = client.try_subscribe_all(&settings.topics) {
                     telemetry.subscribe_not_queued(&e);
                 }
             }
-            Ok(Event::Incoming(Packet::SubAck(suback))) => {
+            Ok(Incoming::Subscribed(results)) => {
                 let mut refused = false;
-                for (code, topic) in suback.return_codes.iter().zip(&settings.topics) {
-                    if matches!(code, SubscribeReasonCode::Failure) {
+                for (result, topic) in results.iter().zip(&settings.topics) {
+                    if let Some(reason) = result {
                         refused = true;
-                        telemetry.subscription_refused(topic);
+                        telemetry.subscription_refused(topic, reason);
                     }
                 }
                 pending_subacks = pending_subacks.saturating_sub(1);
@@ -214,36 +239,37 @@ pub(crate) async fn run(
                     let _ = events.send(SourceEvent::Ready);
                 }
             }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                silence.seen(&p.topic, &telemetry);
+            Ok(Incoming::Publish {
+                topic,
+                payload,
+                pkid,
+                qos,
+            }) => {
+                silence.seen(&topic, &telemetry);
                 let Some(tx) = &deliveries else {
-                    telemetry.left_for_redelivery(&p.topic);
+                    telemetry.left_for_redelivery(&topic);
                     continue;
                 };
-                let token = AckToken {
-                    pkid: p.pkid,
-                    qos: p.qos as u8,
-                };
                 let message = Message {
-                    topic: p.topic.clone(),
-                    payload: p.payload.to_vec(),
+                    topic,
+                    payload,
                     received_at: Utc::now(),
                 };
                 let delivery = Delivery {
                     message,
-                    ack: Ack::new(token, acker.clone()),
+                    ack: Ack::new(AckToken { pkid, qos }, acker.clone()),
                 };
                 if tx.send(delivery).is_err() {
                     deliveries = None;
                 }
             }
-            Ok(_) => {}
-            Err((e, retry_in)) => telemetry.mqtt_connection_lost(&e, retry_in),
+            Ok(Incoming::DisconnectSent | Incoming::Other) => {}
+            Err((failure, retry_in)) => telemetry.mqtt_connection_failed(&failure, retry_in),
         }
     }
 
     // Let the last PUBACKs and a DISCONNECT leave: the poller ends once DISCONNECT is out.
-    let _ = client.try_disconnect();
+    client.try_disconnect();
     let _ = tokio::time::timeout(DISCONNECT_GRACE, async {
         while polled.recv().await.is_some() {}
     })

@@ -13,6 +13,7 @@ use super::{slot, source_label, Telemetry, CITIES, DOMAINS};
 use crate::devices::{Evaluation, Untracked};
 use crate::model::{Reject, RejectCode, Warning};
 use crate::schema::SOURCES;
+use crate::source::mqtt::Failure;
 
 /// Transitions of one evaluation logged one by one; a gateway going down can silence
 /// thousands of devices at once, and the rest is a count (the endpoint lists them all).
@@ -44,9 +45,36 @@ impl Retry {
 impl Telemetry {
     // ---- source ------------------------------------------------------------------------------
 
-    pub(crate) fn mqtt_connected(&self, session_present: bool, host: &str, port: u16) {
-        info!(session_present, host = %host, port, "connected to broker");
+    pub(crate) fn mqtt_connected(
+        &self,
+        session_present: bool,
+        host: &str,
+        port: u16,
+        protocol: &str,
+    ) {
+        self.health.set_mqtt_problem(None);
+        info!(session_present, host = %host, port, protocol, "connected to broker");
         metrics::gauge!(m::MQTT_CONNECTED).set(1.0);
+    }
+
+    /// A connection attempt failed or the connection dropped. A refusal (credentials,
+    /// certificates, reason codes) is an error naming the cause and the key to fix, and the
+    /// `/readyz` reason until the next connection.
+    pub(crate) fn mqtt_connection_failed(&self, failure: &Failure, retry_in: Duration) {
+        if !failure.refused {
+            return self.mqtt_connection_lost(&failure.detail, retry_in);
+        }
+        self.health.set_subscribed(false);
+        self.health.set_mqtt_problem(Some(failure.cause));
+        metrics::gauge!(m::MQTT_CONNECTED).set(0.0);
+        metrics::counter!(m::MQTT_RECONNECTS).increment(1);
+        error!(cause = failure.cause, fix = failure.fix, error = %failure.detail, retry_in = ?retry_in,
+            "mqtt connection refused: {}; fix: {}", failure.cause, failure.fix);
+    }
+
+    /// SIGHUP brought new credentials or TLS files and the poller took them.
+    pub(crate) fn mqtt_connect_settings_applied(&self) {
+        info!("new mqtt credentials / TLS files in effect for this connection attempt");
     }
 
     pub(crate) fn mqtt_connection_lost(&self, error: &str, retry_in: Duration) {
@@ -60,8 +88,9 @@ impl Telemetry {
         error!(error = %error, "could not queue SUBSCRIBE");
     }
 
-    pub(crate) fn subscription_refused(&self, filter: &str) {
-        error!(topic = %filter, "broker refused the subscription (check its ACLs)");
+    pub(crate) fn subscription_refused(&self, filter: &str, reason: &'static str) {
+        self.health.set_mqtt_problem(Some(reason));
+        error!(topic = %filter, reason, "broker refused the subscription (check its ACLs)");
     }
 
     /// Every subscription acknowledged: the first time, the daemon is ready.
@@ -276,6 +305,8 @@ impl Telemetry {
         self.write_retries.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(m::SINK_RETRIES, "kind" => kind.as_str()).increment(1);
         self.health.store_failing(kind == Retry::Auth);
+        self.health
+            .set_store_tls(error.starts_with(crate::sink::influx::STORE_TLS));
         if kind == Retry::Auth {
             error!(sink, error = %error, retry_in = ?retry_in,
                 "store refuses our credentials or does not know the bucket/org: fix influx.token, influx.org or influx.bucket; readings stay in the spool");

@@ -2,10 +2,14 @@
 //! Ready = connected and subscribed, spool not full, store accepting writes.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
 #[derive(Debug, Default)]
 pub struct Health {
     subscribed: AtomicBool,
+    /// Why the broker refused us last (a reason code, a certificate), until the next connection.
+    mqtt_problem: Mutex<Option<&'static str>>,
+    store_tls: AtomicBool,
     spool_full: AtomicBool,
     store_unreachable: AtomicBool,
     store_auth: AtomicBool,
@@ -14,6 +18,13 @@ pub struct Health {
 impl Health {
     pub fn set_subscribed(&self, v: bool) {
         self.subscribed.store(v, Ordering::Relaxed);
+    }
+    pub fn set_mqtt_problem(&self, problem: Option<&'static str>) {
+        *self.mqtt_problem.lock().unwrap_or_else(|e| e.into_inner()) = problem;
+    }
+    /// The last failed store write failed in its TLS handshake.
+    pub fn set_store_tls(&self, v: bool) {
+        self.store_tls.store(v, Ordering::Relaxed);
     }
     pub fn set_spool_full(&self, v: bool) {
         self.spool_full.store(v, Ordering::Relaxed);
@@ -29,6 +40,7 @@ impl Health {
     pub fn store_ok(&self) {
         self.store_auth.store(false, Ordering::Relaxed);
         self.store_unreachable.store(false, Ordering::Relaxed);
+        self.store_tls.store(false, Ordering::Relaxed);
     }
 
     /// Why the daemon is not ready; empty when it is.
@@ -36,6 +48,9 @@ impl Health {
         let mut r = Vec::new();
         if !self.subscribed.load(Ordering::Relaxed) {
             r.push("mqtt not connected or not subscribed");
+            if let Some(p) = *self.mqtt_problem.lock().unwrap_or_else(|e| e.into_inner()) {
+                r.push(p);
+            }
         }
         if self.spool_full.load(Ordering::Relaxed) {
             r.push("spool full");
@@ -45,6 +60,9 @@ impl Health {
         }
         if self.store_unreachable.load(Ordering::Relaxed) {
             r.push("store unreachable or failing");
+        }
+        if self.store_tls.load(Ordering::Relaxed) {
+            r.push("store TLS handshake failed (see influx.tls.*)");
         }
         r
     }

@@ -12,11 +12,41 @@ use crate::harness::{
     eventually, free_port, http_get, publish_all, Reply, Sample, Stack, StoreFront, READY_TIMEOUT,
 };
 
+/// Each fault test runs twice: the daemon speaking MQTT 5, then 3.1.1
+/// (`URBANFLUX__MQTT__PROTOCOL`, set by the stack).
+macro_rules! both_protocols {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn mqtt_5() {
+                super::$name("5")
+            }
+            #[test]
+            fn mqtt_3_1_1() {
+                super::$name("3.1.1")
+            }
+        }
+    )*};
+}
+
+both_protocols!(
+    the_store_stops_during_the_run_and_comes_back,
+    the_daemon_is_killed_several_times_during_the_run,
+    the_broker_restarts_mid_run_and_keeps_what_it_queued,
+    a_full_spool_stops_acknowledging_and_loses_nothing_once_the_store_returns,
+    a_line_the_store_refuses_is_dead_lettered_and_the_others_are_delivered,
+    a_429_with_retry_after_is_honoured_and_nothing_is_lost,
+    sigterm_drains_into_the_store_acknowledges_and_exits_zero,
+    sigterm_with_the_store_down_keeps_the_rest_in_the_spool_for_the_next_start,
+    readyz_says_why_while_the_store_is_down_and_recovers_with_it,
+    sigterm_with_a_full_spool_and_the_store_down_exits_within_the_drain_timeout,
+);
+
 /// Long enough for a few thousand readings through a debug build on two cores.
 const FAULT_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// `n` smart-bin messages, one reading each, every one a distinct series and time.
-fn bin_messages(first: usize, n: usize) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn bin_messages(first: usize, n: usize) -> Vec<(String, Vec<u8>)> {
     (first..first + n)
         .map(|i| {
             let id = format!("FT-{i:06}");
@@ -33,7 +63,7 @@ fn bin_messages(first: usize, n: usize) -> Vec<(String, Vec<u8>)> {
 }
 
 /// The fill_ratio sample each of those messages must become.
-fn bin_samples(first: usize, n: usize) -> Vec<Sample> {
+pub(crate) fn bin_samples(first: usize, n: usize) -> Vec<Sample> {
     (first..first + n)
         .map(|i| {
             let labels: BTreeMap<String, String> = [
@@ -73,9 +103,8 @@ fn assert_store_holds_bins(stack: &Stack, n: usize) {
     );
 }
 
-#[test]
-fn the_store_stops_during_the_run_and_comes_back() {
-    let mut stack = Stack::start();
+fn the_store_stops_during_the_run_and_comes_back(protocol: &'static str) {
+    let mut stack = Stack::start().speaking(protocol);
     let _daemon = stack.start_daemon();
     publish_all(stack.broker.port(), &bin_messages(0, 300));
     stack.store.stop();
@@ -86,9 +115,8 @@ fn the_store_stops_during_the_run_and_comes_back() {
     assert_store_holds_bins(&stack, 600);
 }
 
-#[test]
-fn the_daemon_is_killed_several_times_during_the_run() {
-    let stack = Stack::start();
+fn the_daemon_is_killed_several_times_during_the_run(protocol: &'static str) {
+    let stack = Stack::start().speaking(protocol);
     let mut daemon = stack.start_daemon();
     let port = stack.broker.port();
     let published = Arc::new(AtomicUsize::new(0));
@@ -112,9 +140,8 @@ fn the_daemon_is_killed_several_times_during_the_run() {
     assert_store_holds_bins(&stack, 2000);
 }
 
-#[test]
-fn the_broker_restarts_mid_run_and_keeps_what_it_queued() {
-    let mut stack = Stack::start();
+fn the_broker_restarts_mid_run_and_keeps_what_it_queued(protocol: &'static str) {
+    let mut stack = Stack::start().speaking(protocol);
     let mut daemon = stack.start_daemon();
     publish_all(stack.broker.port(), &bin_messages(0, 200));
     // A restart under a connected daemon: it reconnects and resubscribes.
@@ -129,9 +156,10 @@ fn the_broker_restarts_mid_run_and_keeps_what_it_queued() {
     assert_store_holds_bins(&stack, 800);
 }
 
-#[test]
-fn a_full_spool_stops_acknowledging_and_loses_nothing_once_the_store_returns() {
-    let mut stack = Stack::start();
+fn a_full_spool_stops_acknowledging_and_loses_nothing_once_the_store_returns(
+    protocol: &'static str,
+) {
+    let mut stack = Stack::start().speaking(protocol);
     stack.store.stop();
     let mut daemon = stack.start_daemon_with(&[
         ("URBANFLUX__SPOOL__MAX_BYTES", "16KiB"),
@@ -175,9 +203,8 @@ fn spool_bytes(stack: &Stack) -> u64 {
         .unwrap_or(0)
 }
 
-#[test]
-fn a_line_the_store_refuses_is_dead_lettered_and_the_others_are_delivered() {
-    let stack = Stack::start();
+fn a_line_the_store_refuses_is_dead_lettered_and_the_others_are_delivered(protocol: &'static str) {
+    let stack = Stack::start().speaking(protocol);
     // As InfluxDB does for a field type conflict: 400 to any batch that holds the poison line.
     let front = StoreFront::start(stack.store.port(), |request, _| {
         if request.body.contains("dpw-FT-POISON") {
@@ -223,9 +250,8 @@ const RETRY_SLACK: Duration = Duration::from_secs(3);
 /// Requests answered 429 before the front lets writes through.
 const THROTTLED: usize = 2;
 
-#[test]
-fn a_429_with_retry_after_is_honoured_and_nothing_is_lost() {
-    let stack = Stack::start();
+fn a_429_with_retry_after_is_honoured_and_nothing_is_lost(protocol: &'static str) {
+    let stack = Stack::start().speaking(protocol);
     let front = StoreFront::start(stack.store.port(), |_, before| {
         if before < THROTTLED {
             let retry_after = format!("Retry-After: {}", RETRY_AFTER.as_secs());
@@ -253,7 +279,7 @@ fn a_429_with_retry_after_is_honoured_and_nothing_is_lost() {
     }
 }
 
-fn messages_received(stack: &Stack) -> f64 {
+pub(crate) fn messages_received(stack: &Stack) -> f64 {
     let (_, text) = http_get(stack.ops_port, "/metrics").expect("GET /metrics");
     text.lines()
         .find(|l| l.starts_with("urbanflux_messages_received_total"))
@@ -261,9 +287,8 @@ fn messages_received(stack: &Stack) -> f64 {
         .unwrap_or(0.0)
 }
 
-#[test]
-fn sigterm_drains_into_the_store_acknowledges_and_exits_zero() {
-    let stack = Stack::start();
+fn sigterm_drains_into_the_store_acknowledges_and_exits_zero(protocol: &'static str) {
+    let stack = Stack::start().speaking(protocol);
     let mut daemon = stack.start_daemon_with(&[("URBANFLUX__BATCH__MAX_AGE", "3s")]);
     publish_all(stack.broker.port(), &bin_messages(0, 300));
     // Once the daemon has taken all 300 (what it has not taken stays with the broker), SIGTERM
@@ -282,9 +307,10 @@ fn sigterm_drains_into_the_store_acknowledges_and_exits_zero() {
     assert_store_holds_bins(&stack, 300);
 }
 
-#[test]
-fn sigterm_with_the_store_down_keeps_the_rest_in_the_spool_for_the_next_start() {
-    let stack = Stack::start();
+fn sigterm_with_the_store_down_keeps_the_rest_in_the_spool_for_the_next_start(
+    protocol: &'static str,
+) {
+    let stack = Stack::start().speaking(protocol);
     let nowhere = format!("http://127.0.0.1:{}", free_port());
     let mut daemon = stack.start_daemon_with(&[
         ("URBANFLUX__INFLUX__URL", nowhere.as_str()),
@@ -299,9 +325,8 @@ fn sigterm_with_the_store_down_keeps_the_rest_in_the_spool_for_the_next_start() 
     assert_store_holds_bins(&stack, 300);
 }
 
-#[test]
-fn readyz_says_why_while_the_store_is_down_and_recovers_with_it() {
-    let mut stack = Stack::start();
+fn readyz_says_why_while_the_store_is_down_and_recovers_with_it(protocol: &'static str) {
+    let mut stack = Stack::start().speaking(protocol);
     let _daemon = stack.start_daemon();
     let ready = |stack: &Stack| http_get(stack.ops_port, "/readyz").expect("GET /readyz");
     let ready_becomes = |stack: &Stack, status: u16, what: &str| {
@@ -326,9 +351,10 @@ fn readyz_says_why_while_the_store_is_down_and_recovers_with_it() {
     ready_becomes(&stack, 200, "/readyz to say 200 once the store came back");
 }
 
-#[test]
-fn sigterm_with_a_full_spool_and_the_store_down_exits_within_the_drain_timeout() {
-    let mut stack = Stack::start();
+fn sigterm_with_a_full_spool_and_the_store_down_exits_within_the_drain_timeout(
+    protocol: &'static str,
+) {
+    let mut stack = Stack::start().speaking(protocol);
     stack.store.stop();
     let mut daemon = stack.start_daemon_with(&[
         ("URBANFLUX__SPOOL__MAX_BYTES", "8KiB"),

@@ -23,14 +23,38 @@ const MAX_PACKET_BYTES: usize = 1024 * 1024;
 /// A real mosquitto with persistence in its own temporary folder.
 pub struct Mosquitto {
     service: Service,
+    tls: bool,
+}
+
+/// How a test wants its broker: the lines of its listener (TLS, password file) and whether
+/// max_inflight_messages is raised to 1000 or left at mosquitto's default of 20.
+pub struct BrokerConfig {
+    /// Lines after `listener PORT 127.0.0.1`; anonymous access when empty.
+    pub listener: String,
+    pub raise_inflight: bool,
+    pub tls: bool,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            listener: "allow_anonymous true\n".into(),
+            raise_inflight: true,
+            tls: false,
+        }
+    }
 }
 
 impl Mosquitto {
     pub fn start() -> Mosquitto {
+        Mosquitto::start_with(BrokerConfig::default())
+    }
+
+    pub fn start_with(broker: BrokerConfig) -> Mosquitto {
         installed(MOSQUITTO, "mosquitto");
         let service = Service::on_free_port("mosquitto", |dir, port| {
             let conf = dir.join("mosquitto.conf");
-            fs::write(&conf, config(dir, port)).expect("write mosquitto.conf");
+            fs::write(&conf, config(dir, port, &broker)).expect("write mosquitto.conf");
             let mut command = Command::new(MOSQUITTO);
             command.arg("-c").arg(&conf);
             // Our child must be the one listening, not another test's broker that took the port:
@@ -42,7 +66,10 @@ impl Mosquitto {
                 start_timeout: START_TIMEOUT,
             }
         });
-        Mosquitto { service }
+        Mosquitto {
+            service,
+            tls: broker.tls,
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -50,7 +77,8 @@ impl Mosquitto {
     }
 
     pub fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port())
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        format!("{scheme}://127.0.0.1:{}", self.port())
     }
 
     /// Everything mosquitto logged since it was (re)started.
@@ -90,16 +118,22 @@ impl Mosquitto {
     }
 }
 
-fn config(dir: &Path, port: u16) -> String {
+fn config(dir: &Path, port: u16, broker: &BrokerConfig) -> String {
+    let inflight = if broker.raise_inflight {
+        "max_inflight_messages 1000\n"
+    } else {
+        ""
+    };
     let mut text = format!(
         "listener {port} 127.0.0.1\n\
-         allow_anonymous true\n\
-         max_inflight_messages 1000\n\
+         {}\
+         {inflight}\
          max_queued_messages 1000000\n\
          persistence true\n\
          persistence_location {}/\n\
          sys_interval 1\n\
          log_dest stderr\n",
+        broker.listener,
         dir.display()
     );
     if running_as_root() {
@@ -134,6 +168,17 @@ fn with_client<T, F: std::future::Future<Output = T>>(
     capacity: usize,
     talk: impl FnOnce(AsyncClient, EventLoop) -> F,
 ) -> Option<T> {
+    with_client_configured(prefix, port, capacity, |_| {}, talk)
+}
+
+/// [`with_client`] with the options changed by `configure` (TLS, credentials).
+fn with_client_configured<T, F: std::future::Future<Output = T>>(
+    prefix: &str,
+    port: u16,
+    capacity: usize,
+    configure: impl FnOnce(&mut MqttOptions),
+    talk: impl FnOnce(AsyncClient, EventLoop) -> F,
+) -> Option<T> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -143,6 +188,7 @@ fn with_client<T, F: std::future::Future<Output = T>>(
         options.set_clean_session(true);
         options.set_keep_alive(Duration::from_secs(30));
         options.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+        configure(&mut options);
         let (client, eventloop) = AsyncClient::new(options, capacity);
         tokio::time::timeout(MQTT_TIMEOUT, talk(client, eventloop))
             .await
@@ -153,12 +199,22 @@ fn with_client<T, F: std::future::Future<Output = T>>(
 /// Publishes every message at QoS 1, in order, from one clean-session client with a unique id,
 /// and returns once the broker sent a PUBACK for each (panics after [`MQTT_TIMEOUT`]).
 pub fn publish_all<T: AsRef<str>, P: AsRef<[u8]>>(port: u16, messages: &[(T, P)]) {
+    publish_all_with(port, |_| {}, messages)
+}
+
+/// [`publish_all`] with the client options changed by `configure` (TLS, credentials).
+pub fn publish_all_with<T: AsRef<str>, P: AsRef<[u8]>>(
+    port: u16,
+    configure: impl FnOnce(&mut MqttOptions),
+    messages: &[(T, P)],
+) {
     let mut acked = 0;
     let acked_ref = &mut acked;
-    let done = with_client(
+    let done = with_client_configured(
         "it-pub",
         port,
         messages.len() + 10,
+        configure,
         |client, mut eventloop| async move {
             for (topic, payload) in messages {
                 client

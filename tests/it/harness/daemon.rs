@@ -73,6 +73,16 @@ impl Daemon {
     /// `urbanflux run --config <config>` with `env` set, once it logged `urbanflux ready`
     /// (connected to the broker and subscribed).
     pub fn start<K: AsRef<OsStr>, V: AsRef<OsStr>>(config: &Path, env: &[(K, V)]) -> Daemon {
+        Daemon::start_until(config, env, "urbanflux ready")
+    }
+
+    /// The same, started once its log holds `needle` (e.g. a refusal it must report).
+    pub fn start_until<K: AsRef<OsStr>, V: AsRef<OsStr>>(
+        config: &Path,
+        env: &[(K, V)],
+        needle: &str,
+    ) -> Daemon {
+        let needle = needle.to_string();
         let service = Service::start("urbanflux", |_| {
             let mut command = urbanflux();
             command.arg("run").arg("--config").arg(config);
@@ -81,7 +91,7 @@ impl Daemon {
             }
             Launch {
                 command,
-                ready: Box::new(|log| log.contains("urbanflux ready")),
+                ready: Box::new(move |log| log.contains(&needle)),
                 start_timeout: READY_TIMEOUT,
             }
         });
@@ -114,6 +124,11 @@ impl Daemon {
         });
     }
 
+    /// Still running (not exited by itself).
+    pub fn is_running(&mut self) -> bool {
+        self.service.exited().is_none()
+    }
+
     /// Sends a signal (`HUP`, `TERM`, ...) without waiting for anything.
     pub fn signal(&self, sig: &str) {
         let status = Command::new("/bin/kill")
@@ -138,6 +153,8 @@ impl Daemon {
 /// One test's own world: a broker, a store, a copy of the shipped config, a dead-letter folder,
 /// and the MQTT client id the daemon keeps across restarts.
 pub struct Stack {
+    /// The MQTT version the daemons of this stack speak (`URBANFLUX__MQTT__PROTOCOL`).
+    pub protocol: &'static str,
     pub broker: Mosquitto,
     pub store: Victoria,
     pub config: PathBuf,
@@ -150,14 +167,20 @@ pub struct Stack {
 
 impl Stack {
     pub fn start() -> Stack {
+        Stack::start_on(Mosquitto::start(), Victoria::start())
+    }
+
+    /// The same, on a broker and a store the test configured.
+    pub fn start_on(broker: Mosquitto, store: Victoria) -> Stack {
         let config_dir = tempfile::Builder::new()
             .prefix("it-config-")
             .tempdir()
             .expect("tempdir");
         let config = test_config(config_dir.path());
         Stack {
-            broker: Mosquitto::start(),
-            store: Victoria::start(),
+            protocol: "5",
+            broker,
+            store,
             config,
             client_id: unique_id("it-urbanflux"),
             ops_port: free_port(),
@@ -169,11 +192,18 @@ impl Stack {
         }
     }
 
+    /// The same stack, its daemons speaking `protocol` ("5" or "3.1.1").
+    pub fn speaking(mut self, protocol: &'static str) -> Stack {
+        self.protocol = protocol;
+        self
+    }
+
     /// The settings every test daemon gets: this stack's broker, the store at `influx_url`, this
     /// stack's client id and state folder, batches of at most 200 ms.
     pub fn daemon_env(&self, influx_url: &str) -> Vec<(String, String)> {
         [
             ("URBANFLUX__MQTT__URL", self.broker.url()),
+            ("URBANFLUX__MQTT__PROTOCOL", self.protocol.to_owned()),
             ("URBANFLUX__MQTT__CLIENT_ID", self.client_id.clone()),
             ("URBANFLUX__INFLUX__URL", influx_url.to_owned()),
             ("URBANFLUX__INFLUX__ORG", "urbanflux-it".to_owned()),

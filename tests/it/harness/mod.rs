@@ -16,6 +16,7 @@ mod influx1;
 mod points;
 mod service;
 mod store;
+pub mod tls;
 
 use std::fmt;
 use std::net::TcpListener;
@@ -23,7 +24,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-pub use broker::{publish_all, Mosquitto};
+pub use broker::{publish_all, publish_all_with, BrokerConfig, Mosquitto};
 pub use daemon::{normalise, test_config, urbanflux, Daemon, Stack};
 pub use fixtures::base64_decode;
 pub use front::{Reply, StoreFront};

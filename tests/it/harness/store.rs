@@ -13,6 +13,20 @@ use super::eventually;
 use super::http::{http_get, url_encode};
 use super::points::{rfc3339, values_equal, FieldValue, Point};
 use super::service::{installed, Launch, Service};
+use super::tls::{https_get, Pair};
+use std::sync::Arc;
+
+/// GET over HTTPS when `tls` is set, plain HTTP otherwise.
+fn get(
+    tls: &Option<Arc<rustls::ClientConfig>>,
+    port: u16,
+    path: &str,
+) -> std::io::Result<(u16, String)> {
+    match tls {
+        Some(config) => https_get(config, port, path),
+        None => http_get(port, path),
+    }
+}
 
 const VICTORIA: &str = "/usr/bin/victoria-metrics";
 /// How long the store may take to answer GET /health after it was spawned.
@@ -26,6 +40,8 @@ const SETTLE: Duration = Duration::from_millis(1000);
 /// labels; booleans become 1/0, strings 0.
 pub struct Victoria {
     service: Service,
+    /// Set when it serves HTTPS: how the test's reader trusts it.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// One stored value: series name, labels (without `__name__`), time in ms, value.
@@ -48,7 +64,18 @@ pub struct Series {
 
 impl Victoria {
     pub fn start() -> Victoria {
+        Victoria::start_serving(None)
+    }
+
+    /// Serving HTTPS only (`-tls`) with the certificate `server`; `reader` is how the test
+    /// trusts it.
+    pub fn start_tls(server: &Pair, reader: Arc<rustls::ClientConfig>) -> Victoria {
+        Victoria::start_serving(Some((server.clone(), reader)))
+    }
+
+    fn start_serving(tls: Option<(Pair, Arc<rustls::ClientConfig>)>) -> Victoria {
         installed(VICTORIA, "victoria-metrics");
+        let reader = tls.as_ref().map(|(_, r)| r.clone());
         let service = Service::on_free_port("victoria-metrics", |dir, port| {
             let mut command = Command::new(VICTORIA);
             command
@@ -56,13 +83,23 @@ impl Victoria {
                 .arg(format!("-storageDataPath={}", dir.join("data").display()))
                 .arg("-retentionPeriod=100y")
                 .arg("-search.latencyOffset=0s");
+            if let Some((pair, _)) = &tls {
+                command
+                    .arg("-tls")
+                    .arg(format!("-tlsCertFile={}", pair.cert.display()))
+                    .arg(format!("-tlsKeyFile={}", pair.key.display()));
+            }
+            let reader = reader.clone();
             Launch {
                 command,
-                ready: Box::new(move |_| matches!(http_get(port, "/health"), Ok((200, _)))),
+                ready: Box::new(move |_| matches!(get(&reader, port, "/health"), Ok((200, _)))),
                 start_timeout: START_TIMEOUT,
             }
         });
-        Victoria { service }
+        Victoria {
+            service,
+            tls: reader,
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -70,7 +107,8 @@ impl Victoria {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port())
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port())
     }
 
     /// Stops gracefully (SIGTERM), keeping the data folder.
@@ -87,12 +125,12 @@ impl Victoria {
     pub fn export(&self, match_expr: &str) -> Vec<Series> {
         // Newly written series become searchable only after an in-memory flush (seconds later by
         // default); ask for it so a poll sees what was accepted before it.
-        match http_get(self.port(), "/internal/force_flush") {
+        match get(&self.tls, self.port(), "/internal/force_flush") {
             Ok((200, _)) => {}
             other => panic!("GET /internal/force_flush on the store failed: {other:?}"),
         }
         let path = format!("/api/v1/export?match[]={}&start=0", url_encode(match_expr));
-        let body = match http_get(self.port(), &path) {
+        let body = match get(&self.tls, self.port(), &path) {
             Ok((200, body)) => body,
             other => panic!("GET {path} on the store failed: {other:?}"),
         };

@@ -1,0 +1,233 @@
+//! One face over rumqttc's MQTT 3.1.1 (`v4`) and MQTT 5 (`v5`) clients: the source loop sees
+//! [`Incoming`] events and a [`Failure`] per connection error, whichever protocol is spoken.
+//! MQTT 5 adds what a daemon that must lose nothing wants: a session that outlives a restart
+//! (Session Expiry Interval, Clean Start = false) and our own Receive Maximum.
+
+use rumqttc::v5;
+use rumqttc::v5::mqttbytes::v5 as p5;
+use rumqttc::{Outgoing, QoS, TlsConfiguration, Transport};
+
+use super::failure::{self, Failure};
+use crate::settings::{MqttConnect, MqttSettings, Protocol};
+
+/// Largest packet we accept from the broker. Far above limits.max_payload_bytes on purpose: an
+/// oversized payload must arrive to be dead-lettered, or it would break the connection forever.
+const MAX_INCOMING_PACKET: usize = 16 * 1024 * 1024;
+/// Largest packet we send (PUBACKs, SUBSCRIBE): small.
+const MAX_OUTGOING_PACKET: usize = 1024 * 1024;
+
+/// What the source loop is told, either protocol.
+#[derive(Debug)]
+pub(crate) enum Incoming {
+    Connected {
+        session_present: bool,
+    },
+    /// One entry per filter, in order: `None` granted, `Some(reason)` refused.
+    Subscribed(Vec<Option<&'static str>>),
+    Publish {
+        topic: String,
+        payload: Vec<u8>,
+        pkid: u16,
+        qos: u8,
+    },
+    /// Our DISCONNECT has left: the poller may stop.
+    DisconnectSent,
+    Other,
+}
+
+/// The request side: acks, subscriptions, the goodbye.
+#[derive(Clone)]
+pub(crate) enum Client {
+    V4(rumqttc::AsyncClient),
+    V5(v5::AsyncClient),
+}
+
+/// The connection side, polled by one task that is never cancelled.
+pub(crate) enum Connection {
+    V4(Box<rumqttc::EventLoop>),
+    V5(Box<v5::EventLoop>),
+}
+
+/// A client and its connection for `s`, with `connect` (credentials, TLS) for the first attempt.
+pub(crate) fn new(
+    s: &MqttSettings,
+    connect: &MqttConnect,
+    capacity: usize,
+) -> Result<(Client, Connection), Failure> {
+    let transport = transport(connect)?;
+    Ok(match s.protocol {
+        Protocol::V311 => {
+            let mut o = rumqttc::MqttOptions::new(&s.client_id, &s.host, s.port);
+            o.set_keep_alive(s.keep_alive)
+                .set_clean_session(false)
+                .set_manual_acks(true)
+                .set_max_packet_size(MAX_INCOMING_PACKET, MAX_OUTGOING_PACKET)
+                .set_transport(transport);
+            if let Some((user, pass)) = &connect.credentials {
+                o.set_credentials(user, pass.expose());
+            }
+            let (c, l) = rumqttc::AsyncClient::new(o, capacity);
+            (Client::V4(c), Connection::V4(Box::new(l)))
+        }
+        Protocol::V5 => {
+            let mut o = v5::MqttOptions::new(&s.client_id, &s.host, s.port);
+            let expiry = u32::try_from(s.session_expiry.as_secs()).unwrap_or(u32::MAX);
+            o.set_keep_alive(s.keep_alive)
+                .set_clean_start(false)
+                .set_session_expiry_interval(Some(expiry))
+                .set_receive_maximum(Some(s.max_inflight.get()))
+                .set_manual_acks(true)
+                .set_max_packet_size(Some(MAX_INCOMING_PACKET as u32))
+                .set_transport(transport);
+            if let Some((user, pass)) = &connect.credentials {
+                o.set_credentials(user, pass.expose());
+            }
+            let (c, l) = v5::AsyncClient::new(o, capacity);
+            (Client::V5(c), Connection::V5(Box::new(l)))
+        }
+    })
+}
+
+fn transport(connect: &MqttConnect) -> Result<Transport, Failure> {
+    match &connect.tls {
+        None => Ok(Transport::Tcp),
+        Some(files) => super::tls::client_config(files)
+            .map(|c| Transport::Tls(TlsConfiguration::Rustls(c)))
+            .map_err(|e| failure::setup(&e)),
+    }
+}
+
+impl Client {
+    /// Queues the PUBACK of `pkid` without waiting.
+    pub(crate) fn try_ack(&self, pkid: u16) -> Result<(), String> {
+        match self {
+            Client::V4(c) => {
+                let mut p = rumqttc::Publish::new("", QoS::AtLeastOnce, Vec::new());
+                p.pkid = pkid;
+                c.try_ack(&p).map_err(|e| e.to_string())
+            }
+            Client::V5(c) => {
+                let mut p = p5::Publish::new(
+                    "",
+                    rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                    Vec::new(),
+                    None,
+                );
+                p.pkid = pkid;
+                c.try_ack(&p).map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    pub(crate) fn try_subscribe_all(&self, topics: &[String]) -> Result<(), String> {
+        match self {
+            Client::V4(c) => c
+                .try_subscribe_many(
+                    topics
+                        .iter()
+                        .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce)),
+                )
+                .map_err(|e| e.to_string()),
+            Client::V5(c) => c
+                .try_subscribe_many(
+                    topics.iter().map(|t| {
+                        p5::Filter::new(t.clone(), rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+                    }),
+                )
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    pub(crate) fn try_disconnect(&self) {
+        let _ = match self {
+            Client::V4(c) => c.try_disconnect().map_err(|e| e.to_string()),
+            Client::V5(c) => c.try_disconnect().map_err(|e| e.to_string()),
+        };
+    }
+}
+
+impl Connection {
+    /// The next event, or why the connection failed (the next call reconnects).
+    pub(crate) async fn poll(&mut self) -> Result<Incoming, Failure> {
+        match self {
+            Connection::V4(l) => match l.poll().await {
+                Ok(ev) => Ok(from_v4(ev)),
+                Err(e) => Err(failure::v4(&e)),
+            },
+            Connection::V5(l) => match l.poll().await {
+                Ok(ev) => Ok(from_v5(ev)),
+                Err(e) => Err(failure::v5(&e)),
+            },
+        }
+    }
+
+    /// New credentials and TLS for the next connection attempt (SIGHUP).
+    pub(crate) fn set_connect(&mut self, connect: &MqttConnect) -> Result<(), Failure> {
+        let transport = transport(connect)?;
+        match self {
+            Connection::V4(l) => {
+                let o = &mut l.mqtt_options;
+                o.set_transport(transport);
+                if let Some((user, pass)) = &connect.credentials {
+                    o.set_credentials(user, pass.expose());
+                }
+            }
+            Connection::V5(l) => {
+                let o = &mut l.options;
+                o.set_transport(transport);
+                if let Some((user, pass)) = &connect.credentials {
+                    o.set_credentials(user, pass.expose());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn from_v4(ev: rumqttc::Event) -> Incoming {
+    use rumqttc::{Event, Packet, SubscribeReasonCode};
+    match ev {
+        Event::Incoming(Packet::ConnAck(a)) => Incoming::Connected {
+            session_present: a.session_present,
+        },
+        Event::Incoming(Packet::SubAck(s)) => Incoming::Subscribed(
+            s.return_codes
+                .iter()
+                .map(|c| match c {
+                    SubscribeReasonCode::Success(_) => None,
+                    SubscribeReasonCode::Failure => {
+                        Some("mqtt: subscription refused (check the broker's ACL)")
+                    }
+                })
+                .collect(),
+        ),
+        Event::Incoming(Packet::Publish(p)) => Incoming::Publish {
+            topic: p.topic,
+            payload: p.payload.to_vec(),
+            pkid: p.pkid,
+            qos: p.qos as u8,
+        },
+        Event::Outgoing(Outgoing::Disconnect) => Incoming::DisconnectSent,
+        _ => Incoming::Other,
+    }
+}
+
+fn from_v5(ev: v5::Event) -> Incoming {
+    use p5::Packet;
+    match ev {
+        v5::Event::Incoming(Packet::ConnAck(a)) => Incoming::Connected {
+            session_present: a.session_present,
+        },
+        v5::Event::Incoming(Packet::SubAck(s)) => {
+            Incoming::Subscribed(s.return_codes.iter().map(failure::suback_v5).collect())
+        }
+        v5::Event::Incoming(Packet::Publish(p)) => Incoming::Publish {
+            topic: String::from_utf8_lossy(&p.topic).into_owned(),
+            payload: p.payload.to_vec(),
+            pkid: p.pkid,
+            qos: p.qos as u8,
+        },
+        v5::Event::Outgoing(Outgoing::Disconnect) => Incoming::DisconnectSent,
+        _ => Incoming::Other,
+    }
+}
