@@ -16,6 +16,9 @@ use urbanflux::settings::Settings;
 use urbanflux::telemetry::logging;
 use urbanflux::{app, demo};
 
+/// Threads for blocking work at most (deploy/urbanflux.service sets TasksMax=128).
+const MAX_BLOCKING_THREADS: usize = 32;
+
 /// Exit code of a configuration error (check-config, run, normalise, replay).
 const EXIT_CONFIG: u8 = 2;
 
@@ -128,7 +131,12 @@ fn exit(success: bool) -> ExitCode {
 
 /// Runs `job` on a multi-threaded runtime; on a fault prints the whole cause chain.
 fn runtime<T>(job: impl std::future::Future<Output = anyhow::Result<T>>) -> Option<T> {
-    let result = tokio::runtime::Runtime::new()
+    // Blocking threads (fsync, /devices encoding) are few and short: bounded so the unit's
+    // TasksMax can never be hit.
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .build()
         .map_err(|e| anyhow::anyhow!("cannot start the runtime: {e}"))
         .and_then(|rt| rt.block_on(job));
     result
