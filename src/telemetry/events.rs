@@ -22,16 +22,24 @@ pub(crate) enum Retry {
     Throttled,
     /// 401/403/404: credentials, bucket or org.
     Auth,
+    /// Another 4xx (a proxy, a wrong URL), or every line refused with one message.
+    Config,
 }
 
 impl Retry {
-    pub(crate) const ALL: [Retry; 3] = [Retry::Unreachable, Retry::Throttled, Retry::Auth];
+    pub(crate) const ALL: [Retry; 4] = [
+        Retry::Unreachable,
+        Retry::Throttled,
+        Retry::Auth,
+        Retry::Config,
+    ];
 
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Retry::Unreachable => "unreachable",
             Retry::Throttled => "throttled",
             Retry::Auth => "auth",
+            Retry::Config => "config",
         }
     }
 }
@@ -197,10 +205,17 @@ impl Telemetry {
     ) {
         self.write_retries.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(m::SINK_RETRIES, "kind" => kind.as_str()).increment(1);
-        self.health.store_failing(kind == Retry::Auth);
+        if kind == Retry::Config {
+            self.health.store_misconfigured();
+        } else {
+            self.health.store_failing(kind == Retry::Auth);
+        }
         if kind == Retry::Auth {
             error!(sink, error = %error, retry_in = ?retry_in,
                 "store refuses our credentials or does not know the bucket/org: fix influx.token, influx.org or influx.bucket; readings stay in the spool");
+        } else if kind == Retry::Config {
+            error!(sink, error = %error, retry_in = ?retry_in,
+                "store or a proxy refuses our requests (not the lines): check influx.url (scheme, host, path) and any HTTP proxy on the way (HTTP_PROXY, HTTPS_PROXY, NO_PROXY); readings stay in the spool");
         } else {
             warn!(sink, error = %error, lines, retry_in = ?retry_in, "store write failed, will retry");
         }
