@@ -19,10 +19,13 @@ use crate::deadletter::{DeadLetters, Letter};
 use crate::model::{Record, Reject, RejectCode};
 use crate::retry::Backoff;
 use crate::sink::{Sink, SinkError};
-use crate::spool::{block, SpoolReader};
+use crate::spool::{block, is_disk_full, SpoolReader};
 use crate::telemetry::health::{Stage, BEAT_EVERY};
 use crate::telemetry::{Retry, Telemetry};
 
+/// How long a batch waits before it is read and written again when its dead letters found the
+/// disk full.
+const DISK_RETRY: Duration = Duration::from_secs(1);
 /// First wait after a failed write; doubles up to batch.retry_max.
 const RETRY_MIN: Duration = Duration::from_millis(200);
 
@@ -56,7 +59,8 @@ pub(crate) async fn run(
 ) -> anyhow::Result<()> {
     let mut beat = tokio::time::interval(BEAT_EVERY);
     let mut paces = vec![Pace::default(); sinks.len()];
-    loop {
+    let mut dead_full = false;
+    'batches: loop {
         telemetry.beats.beat(Stage::Batch);
         let more = tokio::select! {
             // Shutdown deadline: what is left stays in the spool.
@@ -96,7 +100,34 @@ pub(crate) async fn run(
             for (sink, pace) in sinks.iter_mut().zip(paces.iter_mut()) {
                 match deliver(sink.as_mut(), &refs, &limits, pace, &telemetry, &abandon).await {
                     Ok(refused) => {
-                        dead_letter(sink.name(), &records, &refs, &refused, &dead, &telemetry)?
+                        match dead_letter(sink.name(), &records, &refs, &refused, &dead, &telemetry)
+                        {
+                            Ok(()) if dead_full => {
+                                dead_full = false;
+                                telemetry.disk_has_room();
+                            }
+                            Ok(()) => {}
+                            // Not durable, so not committed: read the batch again after a while.
+                            Err(e) if is_disk_full(&e) => {
+                                telemetry.disk_full("dead letters of refused lines", &e);
+                                dead_full = true;
+                                block(|| lock(&dead).discard_unsynced())?;
+                                spool.rewind();
+                                if wait_beating(DISK_RETRY, &telemetry, &abandon)
+                                    .await
+                                    .is_err()
+                                {
+                                    telemetry.drain_abandoned(spool.pending_bytes());
+                                    return Ok(());
+                                }
+                                continue 'batches;
+                            }
+                            Err(e) => {
+                                return Err(anyhow::anyhow!(
+                                    "cannot write the dead letters of refused lines: {e}"
+                                ))
+                            }
+                        }
                     }
                     Err(Abandoned) => {
                         telemetry.drain_abandoned(spool.pending_bytes());
@@ -121,6 +152,10 @@ fn line_refs(records: &[Record]) -> Vec<(usize, &str)> {
         .collect()
 }
 
+fn lock(dead: &Mutex<DeadLetters>) -> std::sync::MutexGuard<'_, DeadLetters> {
+    dead.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Dead-letters the refused lines and makes them durable: only then may the batch be committed.
 fn dead_letter(
     sink: &str,
@@ -129,11 +164,11 @@ fn dead_letter(
     refused: &[RefusedLine],
     dead: &Mutex<DeadLetters>,
     telemetry: &Telemetry,
-) -> anyhow::Result<()> {
+) -> std::io::Result<()> {
     if refused.is_empty() {
         return Ok(());
     }
-    let mut d = dead.lock().unwrap_or_else(|e| e.into_inner());
+    let mut d = lock(dead);
     let now = Utc::now();
     for r in refused {
         let topic = &records[r.record].topic;
@@ -147,7 +182,6 @@ fn dead_letter(
         ))?;
     }
     block(|| d.sync())
-        .map_err(|e| anyhow::anyhow!("cannot fsync the dead letters of refused lines: {e}"))
 }
 
 /// Failed writes in a row (5xx, timeouts, no Retry-After) after which the next writes carry half

@@ -435,3 +435,72 @@ async fn the_heartbeat_stays_fresh_across_a_two_minute_retry_after() {
         "the batch stage went {stalest:?} without a beat (systemd kills at 60 s)"
     );
 }
+
+fn record(i: usize) -> Record {
+    Record {
+        topic: format!("sf/dpw/bins/{i}"),
+        readings: 1,
+        lines: format!("m,sensor_id=s{i} v={i}i 1\n"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_line_whose_dead_letter_cannot_be_written_keeps_the_batch_uncommitted() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool_cfg = crate::spool::SpoolConfig {
+        dir: dir.path().join("spool"),
+        max_bytes: 1 << 20,
+        segment_bytes: 1 << 16,
+    };
+    let (mut writer, reader, _) = crate::spool::open(spool_cfg.clone()).unwrap();
+    for i in 0..5 {
+        writer.append(&record(i)).unwrap();
+    }
+    writer.sync().unwrap();
+    // Every dead-letter write fails as on a full disk: /dev/full answers ENOSPC.
+    let letters = dir.path().join("letters");
+    std::fs::create_dir(&letters).unwrap();
+    std::os::unix::fs::symlink("/dev/full", letters.join(crate::deadletter::FILE_NAME)).unwrap();
+    let dead = Arc::new(Mutex::new(DeadLetters::open(&letters).unwrap()));
+    let (sink, calls) = Scripted::with_rule(vec![], |body| {
+        if body.contains("sensor_id=s2 ") {
+            Err(SinkError::Refused {
+                message: "store answered 400: field type conflict".into(),
+            })
+        } else {
+            Ok(())
+        }
+    });
+    let t = Arc::new(Telemetry::default());
+    let abandon = CancellationToken::new();
+    let stage = tokio::spawn(run(
+        reader,
+        vec![Box::new(sink)],
+        limits(),
+        dead,
+        t.clone(),
+        abandon.clone(),
+    ));
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(t.health.not_ready_reasons().contains(&"disk full"));
+    abandon.cancel();
+    stage.await.unwrap().unwrap();
+    let bodies_with_s0 = calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, b)| b.contains("sensor_id=s0 "))
+        .count();
+    assert!(
+        bodies_with_s0 >= 2,
+        "the batch is read and written again, not committed"
+    );
+    drop(writer);
+    let (_w, mut r, _) = crate::spool::open(spool_cfg).unwrap();
+    let (again, _) = r.read(usize::MAX, usize::MAX).unwrap();
+    assert_eq!(
+        again,
+        (0..5).map(record).collect::<Vec<_>>(),
+        "nothing was committed out of the spool"
+    );
+}

@@ -163,6 +163,34 @@ impl Telemetry {
         info!(dir = %dir.display(), segments, pending_bytes, "spool open");
     }
 
+    /// A corrupt range in the middle of a spool segment, moved aside; the records after it are kept.
+    pub(crate) fn spool_quarantined(&self, segment: u64, offset: u64, bytes: u64, file: &Path) {
+        metrics::counter!(m::SPOOL_QUARANTINED_BYTES).increment(bytes);
+        error!(segment, offset, bytes, file = %file.display(),
+            "spool: corrupt record moved aside into the quarantine; the records after it are delivered");
+    }
+
+    /// The cursor pointed inside a record (a torn write): resumed at the record's start.
+    pub(crate) fn spool_cursor_moved(&self) {
+        warn!("spool: the cursor pointed inside a record; resuming at its start (a few readings may be written twice)");
+    }
+
+    /// No space under state.dir (`what` failed): intake stops, acknowledgements wait, delivery
+    /// from the spool goes on; the records not yet fsynced are written again once space returns.
+    pub(crate) fn disk_full(&self, what: &str, error: &dyn std::fmt::Display) {
+        metrics::counter!(m::DISK_FULL).increment(1);
+        metrics::gauge!(m::DISK_FULL_NOW).set(1.0);
+        self.health.set_disk_full(true);
+        error!(what, error = %error,
+            "disk full under state.dir: not acknowledging new messages until space returns (back-pressure); delivery from the spool goes on");
+    }
+
+    pub(crate) fn disk_has_room(&self) {
+        metrics::gauge!(m::DISK_FULL_NOW).set(0.0);
+        self.health.set_disk_full(false);
+        info!("disk has space again: intake resumes");
+    }
+
     pub(crate) fn spool_full(&self, spool_bytes: u64, max_bytes: u64) {
         metrics::counter!(m::SPOOL_FULL).increment(1);
         self.health.set_spool_full(true);
