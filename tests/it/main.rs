@@ -7,6 +7,7 @@
 //! temporary folders and MQTT client id, so they run in parallel.
 
 mod dashboards;
+mod disk;
 mod faults;
 mod harness;
 mod normalisation;
