@@ -75,10 +75,21 @@ impl State {
         self.segments.values().sum()
     }
 
-    /// True when synced bytes exist at or after `p`.
+    /// True when synced bytes exist at or after `p`, or a later segment the reader can move to
+    /// (committing there deletes the one it leaves: how a full disk gets its space back).
     fn has_data_after(&self, p: Position) -> bool {
         if p.segment > self.synced.segment {
             return false;
+        }
+        if p.segment < self.synced.segment
+            && self.segments.contains_key(&p.segment)
+            && self
+                .segments
+                .range(p.segment + 1..=self.synced.segment)
+                .next()
+                .is_some()
+        {
+            return true;
         }
         self.segments
             .range(p.segment..=self.synced.segment)
@@ -522,13 +533,18 @@ impl SpoolWriter {
             .write(true)
             .open(&path)?
             .set_len(self.synced_len)?;
-        self.shared
-            .lock()
-            .segments
-            .insert(self.segment, self.synced_len);
+        let cut_len = self.synced_len;
         self.segment += 1;
         self.written = 0;
         self.synced_len = 0;
+        {
+            let mut s = self.shared.lock();
+            s.segments.insert(self.segment - 1, cut_len);
+            // The cut segment is finished: the reader may leave it, and the commit that follows
+            // deletes it, freeing its space even when it is the only one.
+            s.segments.insert(self.segment, 0);
+        }
+        self.publish_synced();
         Ok(())
     }
 

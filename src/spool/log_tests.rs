@@ -200,3 +200,83 @@ fn committing_rewrites_the_cursor_in_place_without_growing_it() {
     assert_eq!(fs::metadata(&cursor).unwrap().len(), size);
     assert!(!dir.path().join("cursor.tmp").exists());
 }
+
+/// A tmpfs of `size` mounted for one test (root only, as in CI: fails loudly otherwise).
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs: this test needs root"
+        );
+        SmallDisk(dir)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_cuts_the_unsynced_records_back_and_a_new_segment_takes_them_later() {
+    let disk = SmallDisk::mount("256k");
+    let dir = disk.0.path().join("spool");
+    let (mut w, mut r, _) = open(cfg(&dir, 1 << 30, 1 << 30)).unwrap();
+    let big = |i: usize| Record {
+        topic: format!("t/{i}"),
+        readings: 1,
+        lines: format!("m,city=paris f={i}i {i}\n{}", "x".repeat(4000)),
+    };
+    // Fill: synced groups of four records until a write or a sync finds no space.
+    let mut synced = 0;
+    let error = loop {
+        let group = (synced..synced + 4).try_for_each(|i| w.append(&big(i)).map(|_| ()));
+        match group.and_then(|()| w.sync()) {
+            Ok(()) => synced += 4,
+            Err(e) => break e,
+        }
+        assert!(
+            synced < 1000,
+            "a 256 KiB disk took {synced} records of 4 KB"
+        );
+    };
+    assert!(crate::spool::is_disk_full(&error), "{error:?}");
+    let full_segment = w.segment;
+    w.discard_unsynced().unwrap();
+    assert_eq!(
+        fs::metadata(segment_path(&dir, full_segment))
+            .unwrap()
+            .len(),
+        (0..synced)
+            .map(|i| SpoolWriter::encoded_len(&big(i)))
+            .sum::<u64>(),
+        "cut back to what was synced"
+    );
+    let (got, upto) = r.read(usize::MAX, usize::MAX).unwrap();
+    assert_eq!(got, (0..synced).map(big).collect::<Vec<_>>());
+    // The store took them: the segment goes, space returns, the group goes into a new segment.
+    r.commit(upto).unwrap();
+    for i in synced..synced + 4 {
+        w.append(&big(i)).unwrap();
+    }
+    w.sync().unwrap();
+    assert!(
+        w.segment > full_segment,
+        "never synced again: a new segment"
+    );
+    r.commit(upto).unwrap();
+    let (again, _) = r.read(usize::MAX, usize::MAX).unwrap();
+    assert_eq!(again, (synced..synced + 4).map(big).collect::<Vec<_>>());
+}

@@ -82,6 +82,17 @@ fn metric(stack: &Stack, name: &str) -> f64 {
 
 #[test]
 fn a_full_disk_is_back_pressure_and_every_reading_arrives_once_space_returns() {
+    full_disk_then_space_returns(&[("URBANFLUX__SPOOL__SEGMENT_BYTES", "64KiB")]);
+}
+
+/// With the default 16 MiB segments one segment fills the disk: only leaving it for a new one
+/// lets the commit delete it and give the space back.
+#[test]
+fn a_disk_filled_by_one_segment_gets_its_space_back_once_that_segment_is_delivered() {
+    full_disk_then_space_returns(&[]);
+}
+
+fn full_disk_then_space_returns(settings: &[(&str, &str)]) {
     let mut stack = Stack::start();
     // Every write the store took, to count duplicates; forwarded to the real VictoriaMetrics.
     let front = StoreFront::start(stack.store.port(), |_, _| Reply::Forward);
@@ -89,11 +100,13 @@ fn a_full_disk_is_back_pressure_and_every_reading_arrives_once_space_returns() {
     disk.fill_leaving(LEFT_FREE);
     stack.store.stop();
     let state = disk.path().display().to_string();
-    let mut daemon = stack.start_daemon_with(&[
-        ("URBANFLUX__INFLUX__URL", front.url().as_str()),
+    let url = front.url();
+    let mut env = vec![
+        ("URBANFLUX__INFLUX__URL", url.as_str()),
         ("URBANFLUX__STATE__DIR", state.as_str()),
-        ("URBANFLUX__SPOOL__SEGMENT_BYTES", "64KiB"),
-    ]);
+    ];
+    env.extend_from_slice(settings);
+    let mut daemon = stack.start_daemon_with(&env);
     let pid = daemon.pid();
 
     // Publish until the spool finds the disk full, then one round more for the broker to hold.
@@ -163,7 +176,7 @@ fn a_full_disk_is_back_pressure_and_every_reading_arrives_once_space_returns() {
         .collect();
     let distinct: BTreeSet<&String> = written.iter().collect();
     println!(
-        "full disk ({TMPFS_SIZE} tmpfs, {LEFT_FREE} bytes left free): published {published}, \
+        "full disk ({TMPFS_SIZE} tmpfs, {LEFT_FREE} bytes left free, {settings:?}): published {published}, \
          stored {} distinct, {} duplicates, broker held {held} at the full disk, /readyz said {body:?}, restarts 0",
         distinct.len(),
         written.len() - distinct.len()
