@@ -102,22 +102,13 @@ pub(crate) async fn run(
                     Ok(refused) => {
                         match dead_letter(sink.name(), &records, &refs, &refused, &dead, &telemetry)
                         {
-                            Ok(()) if dead_full => {
-                                dead_full = false;
-                                telemetry.disk_has_room();
-                            }
                             Ok(()) => {}
                             // Not durable, so not committed: read the batch again after a while.
                             Err(e) if is_disk_full(&e) => {
-                                telemetry.disk_full("dead letters of refused lines", &e);
                                 dead_full = true;
                                 block(|| lock(&dead).discard_unsynced())?;
-                                spool.rewind();
-                                if wait_beating(DISK_RETRY, &telemetry, &abandon)
-                                    .await
-                                    .is_err()
-                                {
-                                    telemetry.drain_abandoned(spool.pending_bytes());
+                                let what = "dead letters of refused lines";
+                                if !pause(&mut spool, what, &e, &telemetry, &abandon).await {
                                     return Ok(());
                                 }
                                 continue 'batches;
@@ -137,10 +128,44 @@ pub(crate) async fn run(
             }
             telemetry.batch_written(lines, write_started.elapsed());
         }
-        block(|| spool.commit(upto))?;
+        match block(|| spool.commit(upto)) {
+            Ok(()) if dead_full => {
+                dead_full = false;
+                telemetry.disk_has_room();
+            }
+            Ok(()) => {}
+            // The cursor is written in place and needs no new block; a file system that still
+            // says ENOSPC (thin provisioning, NFS) gets the batch again later: duplicates, no loss.
+            Err(e) if is_disk_full(&e) => {
+                dead_full = true;
+                if !pause(&mut spool, "spool cursor", &e, &telemetry, &abandon).await {
+                    return Ok(());
+                }
+                continue;
+            }
+            Err(e) => return Err(anyhow::anyhow!("cannot write the spool cursor: {e}")),
+        }
         telemetry.spool_state(spool.pending_bytes(), spool.oldest_pending_age());
     }
     Ok(())
+}
+
+/// A write under state.dir found no space: forget what was read since the last commit and wait
+/// [`DISK_RETRY`]; false at the drain deadline (the rest stays in the spool).
+async fn pause(
+    spool: &mut SpoolReader,
+    what: &str,
+    error: &std::io::Error,
+    telemetry: &Telemetry,
+    abandon: &CancellationToken,
+) -> bool {
+    telemetry.disk_full(what, error);
+    spool.rewind();
+    if wait_beating(DISK_RETRY, telemetry, abandon).await.is_err() {
+        telemetry.drain_abandoned(spool.pending_bytes());
+        return false;
+    }
+    true
 }
 
 /// Every line of the batch with the index of its record (for the dead-letter topic).

@@ -695,7 +695,9 @@ impl SpoolReader {
     }
 
     /// Everything before `upto` is in the store: persist the cursor, delete finished segments.
+    /// On error nothing is committed (the cursor write comes first).
     pub fn commit(&mut self, upto: Position) -> io::Result<()> {
+        self.cursor.write(upto)?;
         let doomed: Vec<u64> = {
             let mut s = self.shared.lock();
             s.committed = upto;
@@ -713,7 +715,6 @@ impl SpoolReader {
             s.skips.retain(|p, _| p.segment >= upto.segment);
             doomed
         };
-        self.cursor.write(upto)?;
         if !doomed.is_empty() {
             for id in doomed {
                 if let Err(e) = fs::remove_file(segment_path(&self.dir, id)) {
