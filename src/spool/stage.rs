@@ -32,7 +32,7 @@ struct Group {
 }
 
 /// What the stage writes to and reports through.
-struct Sinks<'a> {
+struct Durable<'a> {
     spool: &'a mut SpoolWriter,
     dead: &'a Mutex<DeadLetters>,
     telemetry: &'a Telemetry,
@@ -58,7 +58,7 @@ pub(crate) async fn run(
         bytes: 0,
         started: None,
     };
-    let mut out = Sinks {
+    let mut out = Durable {
         spool: &mut spool,
         dead: &dead,
         telemetry: &telemetry,
@@ -170,7 +170,7 @@ fn sync_both(spool: &mut SpoolWriter, dead: &Mutex<DeadLetters>) -> io::Result<(
 }
 
 /// fsync the spool and the dead letters, then acknowledge the group.
-async fn commit(out: &mut Sinks<'_>, group: &mut Group) -> anyhow::Result<()> {
+async fn commit(out: &mut Durable<'_>, group: &mut Group) -> anyhow::Result<()> {
     if group.items.is_empty() {
         group.bytes = 0;
         group.started = None;
@@ -185,7 +185,7 @@ async fn commit(out: &mut Sinks<'_>, group: &mut Group) -> anyhow::Result<()> {
 /// had worked), and every [`DISK_RETRY`] the whole group is written and synced again, until it
 /// holds or `abandon` fires (its acks are then dropped: the broker keeps those messages).
 async fn settle(
-    out: &mut Sinks<'_>,
+    out: &mut Durable<'_>,
     group: &mut Group,
     first: io::Result<()>,
 ) -> anyhow::Result<()> {
