@@ -2,9 +2,12 @@
 //!
 //! Record layout: `len: u32 LE | crc32: u32 LE | body`, body = `topic_len: u16 LE | topic |
 //! readings: u32 LE | line protocol`. The writer appends and fsyncs in groups; the reader only
-//! reads what is synced, and commits a position once the store took it. Fully consumed segments
-//! are deleted. On open, a record whose length or checksum is wrong ends its segment: the tail
-//! is truncated (a torn write after SIGKILL or power loss), logged and counted.
+//! reads what is synced, and commits a position once the store took it (in the [`super::cursor`],
+//! written in place). Fully consumed segments are deleted, and their folder fsynced. On open, a
+//! record whose length or checksum is wrong is searched past: with no valid record after it, it
+//! is a torn tail (SIGKILL, power loss) and is cut; with records after it, the bad range is
+//! copied into `quarantine/`, stepped over by the reader, logged and counted, and nothing after
+//! it is lost. A cursor that points inside a record resumes at that record's start.
 //!
 //! Why our own log and not a crate: we weighed `yaque` (a file queue), `okaywal` and `sled`.
 //! None lets the caller learn exactly when a record is on disk (we release MQTT acks then),
