@@ -20,8 +20,9 @@ pub(crate) const FILE_NAME: &str = "cursor.slots";
 const LEGACY_FILE: &str = "cursor";
 const MAGIC: u32 = 0x5546_4331; // "UFC1"
 const RECORD: usize = 32;
-/// Slots a page apart: a torn write of one cannot reach the other.
-const SLOT_STRIDE: u64 = 4096;
+/// Slots a sector apart: a device writes a sector whole, so a torn write of one slot leaves
+/// the other as it was (and a page written whole holds both, old or new).
+const SLOT_STRIDE: u64 = 512;
 const FILE_BYTES: u64 = 2 * SLOT_STRIDE;
 
 #[derive(Debug)]
