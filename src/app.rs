@@ -140,6 +140,12 @@ pub(crate) async fn pipeline(
         report.pending_bytes,
         report.truncated_bytes,
     );
+    for q in &report.quarantined {
+        telemetry.spool_quarantined(q.segment, q.offset, q.bytes, &q.file);
+    }
+    if report.cursor_moved {
+        telemetry.spool_cursor_moved();
+    }
     let (delivery_tx, delivery_rx) = mpsc::unbounded_channel();
     let max_inflight = usize::from(settings.mqtt.max_inflight.get());
     let (normalised_tx, normalised_rx) = mpsc::channel(max_inflight);

@@ -1,8 +1,10 @@
 //! Batch: reads what the spool has made durable, writes it to every sink in batches of at most
 //! `batch.max_lines` readings (or what `batch.max_age` gathered), and commits the spool position
 //! once all sinks took it. Failures are handled by kind: retry with capped exponential backoff
-//! and jitter (honouring Retry-After), split on 413, bisect on 400 until only the refused lines
-//! remain, and keep everything on 401/403/404 while reporting not-ready. The refused lines come
+//! and jitter (honouring Retry-After), split on 413, bisect on 400 and 422 until only the
+//! refused lines remain, shrink the writes after repeated 5xx or timeouts, and keep everything
+//! while reporting not-ready on 401/403/404, on other 4xx (a proxy, a wrong URL) and when every
+//! line is refused with the same answer. The refused lines come
 //! back from [`deliver`] as values; they are dead-lettered and made durable before the commit.
 
 use std::ops::Range;
@@ -17,10 +19,13 @@ use crate::deadletter::{DeadLetters, Letter};
 use crate::model::{Record, Reject, RejectCode};
 use crate::retry::Backoff;
 use crate::sink::{Sink, SinkError};
-use crate::spool::{block, SpoolReader};
+use crate::spool::{block, is_disk_full, SpoolReader};
 use crate::telemetry::health::{Stage, BEAT_EVERY};
 use crate::telemetry::{Retry, Telemetry};
 
+/// How long a batch waits before it is read and written again when its dead letters found the
+/// disk full.
+const DISK_RETRY: Duration = Duration::from_secs(1);
 /// First wait after a failed write; doubles up to batch.retry_max.
 const RETRY_MIN: Duration = Duration::from_millis(200);
 
@@ -53,7 +58,9 @@ pub(crate) async fn run(
     abandon: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut beat = tokio::time::interval(BEAT_EVERY);
-    loop {
+    let mut paces = vec![Pace::default(); sinks.len()];
+    let mut dead_full = false;
+    'batches: loop {
         telemetry.beats.beat(Stage::Batch);
         let more = tokio::select! {
             // Shutdown deadline: what is left stays in the spool.
@@ -90,10 +97,28 @@ pub(crate) async fn run(
         if lines > 0 {
             let write_started = Instant::now();
             let refs = line_refs(&records);
-            for sink in sinks.iter_mut() {
-                match deliver(sink.as_mut(), &refs, &limits, &telemetry, &abandon).await {
+            for (sink, pace) in sinks.iter_mut().zip(paces.iter_mut()) {
+                match deliver(sink.as_mut(), &refs, &limits, pace, &telemetry, &abandon).await {
                     Ok(refused) => {
-                        dead_letter(sink.name(), &records, &refs, &refused, &dead, &telemetry)?
+                        match dead_letter(sink.name(), &records, &refs, &refused, &dead, &telemetry)
+                        {
+                            Ok(()) => {}
+                            // Not durable, so not committed: read the batch again after a while.
+                            Err(e) if is_disk_full(&e) => {
+                                dead_full = true;
+                                block(|| lock(&dead).discard_unsynced())?;
+                                let what = "dead letters of refused lines";
+                                if !pause(&mut spool, what, &e, &telemetry, &abandon).await {
+                                    return Ok(());
+                                }
+                                continue 'batches;
+                            }
+                            Err(e) => {
+                                return Err(anyhow::anyhow!(
+                                    "cannot write the dead letters of refused lines: {e}"
+                                ))
+                            }
+                        }
                     }
                     Err(Abandoned) => {
                         telemetry.drain_abandoned(spool.pending_bytes());
@@ -103,10 +128,44 @@ pub(crate) async fn run(
             }
             telemetry.batch_written(lines, write_started.elapsed());
         }
-        block(|| spool.commit(upto))?;
+        match block(|| spool.commit(upto)) {
+            Ok(()) if dead_full => {
+                dead_full = false;
+                telemetry.disk_has_room();
+            }
+            Ok(()) => {}
+            // The cursor is written in place and needs no new block; a file system that still
+            // says ENOSPC (thin provisioning, NFS) gets the batch again later: duplicates, no loss.
+            Err(e) if is_disk_full(&e) => {
+                dead_full = true;
+                if !pause(&mut spool, "spool cursor", &e, &telemetry, &abandon).await {
+                    return Ok(());
+                }
+                continue;
+            }
+            Err(e) => return Err(anyhow::anyhow!("cannot write the spool cursor: {e}")),
+        }
         telemetry.spool_state(spool.pending_bytes(), spool.oldest_pending_age());
     }
     Ok(())
+}
+
+/// A write under state.dir found no space: forget what was read since the last commit and wait
+/// [`DISK_RETRY`]; false at the drain deadline (the rest stays in the spool).
+async fn pause(
+    spool: &mut SpoolReader,
+    what: &str,
+    error: &std::io::Error,
+    telemetry: &Telemetry,
+    abandon: &CancellationToken,
+) -> bool {
+    telemetry.disk_full(what, error);
+    spool.rewind();
+    if wait_beating(DISK_RETRY, telemetry, abandon).await.is_err() {
+        telemetry.drain_abandoned(spool.pending_bytes());
+        return false;
+    }
+    true
 }
 
 /// Every line of the batch with the index of its record (for the dead-letter topic).
@@ -118,6 +177,10 @@ fn line_refs(records: &[Record]) -> Vec<(usize, &str)> {
         .collect()
 }
 
+fn lock(dead: &Mutex<DeadLetters>) -> std::sync::MutexGuard<'_, DeadLetters> {
+    dead.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Dead-letters the refused lines and makes them durable: only then may the batch be committed.
 fn dead_letter(
     sink: &str,
@@ -126,11 +189,11 @@ fn dead_letter(
     refused: &[RefusedLine],
     dead: &Mutex<DeadLetters>,
     telemetry: &Telemetry,
-) -> anyhow::Result<()> {
+) -> std::io::Result<()> {
     if refused.is_empty() {
         return Ok(());
     }
-    let mut d = dead.lock().unwrap_or_else(|e| e.into_inner());
+    let mut d = lock(dead);
     let now = Utc::now();
     for r in refused {
         let topic = &records[r.record].topic;
@@ -144,7 +207,56 @@ fn dead_letter(
         ))?;
     }
     block(|| d.sync())
-        .map_err(|e| anyhow::anyhow!("cannot fsync the dead letters of refused lines: {e}"))
+}
+
+/// Failed writes in a row (5xx, timeouts, no Retry-After) after which the next writes carry half
+/// as many lines: a store that cannot take 5,000 lines within its timeout may take 500.
+const SHRINK_AFTER: u32 = 3;
+/// Writes taken in a row after which the writes may carry twice as many lines again.
+const GROW_AFTER: u32 = 4;
+/// Single lines refused one by one with the same message, none taken, before the refusal is
+/// read as a configuration fault (a proxy, a wrong bucket schema) rather than bad lines.
+const SAME_REFUSAL_LINES: usize = 8;
+
+/// How many lines one write to a sink carries: halved after [`SHRINK_AFTER`] failed writes in a
+/// row, doubled after [`GROW_AFTER`] taken in a row (up to the whole batch). Kept per sink
+/// across batches, so a slow store is not sent a body it cannot take at every new batch.
+#[derive(Debug, Clone)]
+pub(crate) struct Pace {
+    chunk: usize,
+    failures: u32,
+    successes: u32,
+}
+
+impl Default for Pace {
+    fn default() -> Self {
+        Pace {
+            chunk: usize::MAX,
+            failures: 0,
+            successes: 0,
+        }
+    }
+}
+
+impl Pace {
+    fn taken(&mut self) {
+        self.failures = 0;
+        self.successes += 1;
+        if self.successes >= GROW_AFTER {
+            self.successes = 0;
+            self.chunk = self.chunk.saturating_mul(2);
+        }
+    }
+
+    /// A write of `len` lines failed for a reason a smaller body may avoid.
+    fn failed(&mut self, len: usize) {
+        self.successes = 0;
+        self.failures += 1;
+        if self.failures >= SHRINK_AFTER && len > 1 {
+            self.failures = 0;
+            self.chunk = (self.chunk.min(len) / 2).max(1);
+        }
+    }
 }
 
 /// Writes `lines` to one sink: retries, splits and bisects until every line is either taken or
@@ -153,17 +265,23 @@ pub(crate) async fn deliver(
     sink: &mut dyn Sink,
     lines: &[(usize, &str)],
     limits: &BatchLimits,
+    pace: &mut Pace,
     telemetry: &Telemetry,
     abandon: &CancellationToken,
 ) -> Result<Vec<RefusedLine>, Abandoned> {
-    let mut refused = Vec::new();
+    let mut refused: Vec<RefusedLine> = Vec::new();
+    let mut taken_any = false;
     let mut body = Vec::with_capacity(lines.iter().map(|(_, l)| l.len() + 1).sum());
     let mut backoff = Backoff::new(RETRY_MIN, limits.retry_max);
     // Ranges still to write, last = next; halves are pushed right first so order is kept.
     let mut todo: Vec<Range<usize>> = Vec::with_capacity(8);
     todo.push(0..lines.len());
-    while let Some(range) = todo.pop() {
+    while let Some(mut range) = todo.pop() {
         telemetry.beats.beat(Stage::Batch);
+        if range.len() > pace.chunk {
+            todo.push(range.start + pace.chunk..range.end);
+            range = range.start..range.start + pace.chunk;
+        }
         body.clear();
         for (_, line) in &lines[range.clone()] {
             body.extend_from_slice(line.as_bytes());
@@ -172,18 +290,20 @@ pub(crate) async fn deliver(
         let (kind, message, wait) = match sink.write(&body).await {
             Ok(()) => {
                 backoff.reset();
+                pace.taken();
+                taken_any = true;
                 telemetry.store_accepted();
                 continue;
             }
-            Err(SinkError::Retry { message, after }) => {
-                let kind = if after.is_some() {
-                    Retry::Throttled
-                } else {
-                    Retry::Unreachable
-                };
-                (kind, message, after.unwrap_or_else(|| backoff.next_wait()))
-            }
+            Err(SinkError::Retry { message, after }) => match after {
+                Some(after) => (Retry::Throttled, message, after),
+                None => {
+                    pace.failed(range.len());
+                    (Retry::Unreachable, message, backoff.next_wait())
+                }
+            },
             Err(SinkError::Auth { message }) => (Retry::Auth, message, backoff.next_wait()),
+            Err(SinkError::Config { message }) => (Retry::Config, message, backoff.next_wait()),
             Err(SinkError::TooLarge { .. } | SinkError::Refused { .. }) if range.len() > 1 => {
                 let mid = range.start + range.len() / 2;
                 todo.push(mid..range.end);
@@ -196,19 +316,57 @@ pub(crate) async fn deliver(
                     line: range.start,
                     error,
                 });
-                continue;
+                if taken_any || !same_refusal(&refused) {
+                    continue;
+                }
+                // Nothing taken, every line refused alike: keep the batch, whole.
+                let message = format!(
+                    "{} lines in a row refused with the same answer: {}",
+                    refused.len(),
+                    refused[0].error
+                );
+                refused.clear();
+                todo.clear();
+                range = 0..lines.len();
+                (Retry::Config, message, backoff.next_wait())
             }
         };
         telemetry.write_retry(sink.name(), kind, &message, range.len(), wait);
         todo.push(range);
+        wait_beating(wait, telemetry, abandon).await?;
+    }
+    Ok(refused)
+}
+
+/// True once [`SAME_REFUSAL_LINES`] lines were refused, all with one message.
+fn same_refusal(refused: &[RefusedLine]) -> bool {
+    refused.len() >= SAME_REFUSAL_LINES
+        && refused
+            .iter()
+            .all(|r| r.error.to_string() == refused[0].error.to_string())
+}
+
+/// Sleeps `wait` (a backoff, a Retry-After of minutes) and still tells the watchdog that the
+/// batch stage is alive; `Abandoned` at the drain deadline.
+async fn wait_beating(
+    wait: Duration,
+    telemetry: &Telemetry,
+    abandon: &CancellationToken,
+) -> Result<(), Abandoned> {
+    let until = Instant::now() + wait;
+    loop {
+        telemetry.beats.beat(Stage::Batch);
+        let now = Instant::now();
+        if now >= until {
+            return Ok(());
+        }
         tokio::select! {
             // Shutdown deadline: keep the batch in the spool.
             _ = abandon.cancelled() => return Err(Abandoned),
-            // Backoff (or Retry-After) before the next attempt.
-            _ = tokio::time::sleep(wait) => {}
+            // The next beat, or the end of the wait.
+            _ = tokio::time::sleep_until(until.min(now + BEAT_EVERY)) => {}
         }
     }
-    Ok(refused)
 }
 
 #[cfg(test)]

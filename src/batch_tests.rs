@@ -83,7 +83,15 @@ async fn deliver_all(
     lines: &[String],
     t: &Telemetry,
 ) -> Result<Vec<RefusedLine>, Abandoned> {
-    deliver(sink, &refs(lines), &limits(), t, &CancellationToken::new()).await
+    deliver(
+        sink,
+        &refs(lines),
+        &limits(),
+        &mut Pace::default(),
+        t,
+        &CancellationToken::new(),
+    )
+    .await
 }
 
 /// The lines of the bodies the sink took, in the order it took them.
@@ -127,9 +135,16 @@ async fn an_unreachable_store_is_retried_with_capped_exponential_backoff() {
         ..limits()
     };
     let t = Telemetry::default();
-    deliver(&mut sink, &refs(&l), &limits, &t, &CancellationToken::new())
-        .await
-        .unwrap();
+    deliver(
+        &mut sink,
+        &refs(&l),
+        &limits,
+        &mut Pace::default(),
+        &t,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
     let calls = calls.lock().unwrap();
     let gaps: Vec<Duration> = calls.windows(2).map(|w| w[1].0 - w[0].0).collect();
     // 200 ms, 400 ms, then the 500 ms cap, each with up to 30 % jitter.
@@ -197,9 +212,16 @@ async fn refused_credentials_keep_the_data_and_report_not_ready_until_fixed() {
     let l = lines(4);
     let t = Telemetry::default();
     let abandon = CancellationToken::new();
-    let refused = deliver(&mut sink, &refs(&l), &limits(), &t, &abandon)
-        .await
-        .unwrap();
+    let refused = deliver(
+        &mut sink,
+        &refs(&l),
+        &limits(),
+        &mut Pace::default(),
+        &t,
+        &abandon,
+    )
+    .await
+    .unwrap();
     assert!(
         refused.is_empty(),
         "nothing is dead-lettered for a credentials problem"
@@ -225,7 +247,15 @@ async fn the_drain_deadline_interrupts_a_backoff_and_keeps_the_batch() {
         cancel.cancel();
     });
     assert_eq!(
-        deliver(&mut sink, &refs(&l), &limits(), &t, &abandon).await,
+        deliver(
+            &mut sink,
+            &refs(&l),
+            &limits(),
+            &mut Pace::default(),
+            &t,
+            &abandon
+        )
+        .await,
         Err(Abandoned)
     );
     assert_eq!(started.elapsed(), Duration::from_secs(3));
@@ -234,4 +264,243 @@ async fn the_drain_deadline_interrupts_a_backoff_and_keeps_the_batch() {
         .health
         .not_ready_reasons()
         .contains(&"store unreachable or failing"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_405_from_a_proxy_keeps_the_data_and_reports_a_configuration_fault() {
+    let proxy = || {
+        Err(SinkError::Config {
+            message: "store answered 405: method not allowed".into(),
+        })
+    };
+    let (mut sink, calls) = Scripted::new(vec![proxy(), proxy()]);
+    let l = lines(4);
+    let t = Telemetry::default();
+    let refused = deliver_all(&mut sink, &l, &t).await.unwrap();
+    assert!(refused.is_empty(), "nothing is dead-lettered for a proxy");
+    let calls = calls.lock().unwrap();
+    assert_eq!(calls.len(), 3, "the whole batch twice more, never bisected");
+    assert!(calls.iter().all(|(_, body)| body.lines().count() == 4));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_that_refuses_every_line_alike_is_a_configuration_fault_not_bad_lines() {
+    let refuse = || {
+        Err(SinkError::Refused {
+            message: "store answered 400: bucket schema refuses writes".into(),
+        })
+    };
+    // Bisecting 20 lines takes 17 writes to refuse the first 8 one by one; then it is fixed.
+    let (mut sink, calls) = Scripted::new((0..17).map(|_| refuse()).collect());
+    let l = lines(20);
+    let t = Telemetry::default();
+    let abandon = CancellationToken::new();
+    let refused = deliver(
+        &mut sink,
+        &refs(&l),
+        &limits(),
+        &mut Pace::default(),
+        &t,
+        &abandon,
+    )
+    .await
+    .unwrap();
+    assert!(refused.is_empty(), "{refused:?}");
+    assert_eq!(t.snapshot().write_retries, 1);
+    let taken: Vec<String> = {
+        let calls = calls.lock().unwrap();
+        calls[17..]
+            .iter()
+            .flat_map(|(_, b)| b.lines().map(str::to_string).collect::<Vec<_>>())
+            .collect()
+    };
+    assert_eq!(taken, l, "once fixed, every line goes in, in order");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_configuration_fault_of_a_same_refusal_shows_in_readiness() {
+    let (mut sink, _calls) = Scripted::with_rule(vec![], |_| {
+        Err(SinkError::Refused {
+            message: "store answered 400: no such schema".into(),
+        })
+    });
+    let l = lines(16);
+    let t = Telemetry::default();
+    let abandon = CancellationToken::new();
+    let cancel = abandon.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        cancel.cancel();
+    });
+    let out = deliver(
+        &mut sink,
+        &refs(&l),
+        &limits(),
+        &mut Pace::default(),
+        &t,
+        &abandon,
+    )
+    .await;
+    assert_eq!(out, Err(Abandoned), "kept, not dead-lettered");
+    assert!(t
+        .health
+        .not_ready_reasons()
+        .contains(&"store or a proxy refuses the requests (configuration)"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_that_times_out_large_bodies_still_drains_in_smaller_writes() {
+    // A slow store: more than 500 lines do not make it within the timeout.
+    let (mut sink, calls) = Scripted::with_rule(vec![], |body| {
+        if body.lines().count() > 500 {
+            retry(None)
+        } else {
+            Ok(())
+        }
+    });
+    let l = lines(5000);
+    let t = Telemetry::default();
+    let mut pace = Pace::default();
+    let refused = deliver(
+        &mut sink,
+        &refs(&l),
+        &limits(),
+        &mut pace,
+        &t,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert!(refused.is_empty());
+    assert_eq!(lines_taken(&calls, |b| b.lines().count() <= 500), l);
+    let failed = calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, b)| b.lines().count() > 500)
+        .count();
+    // 3 at 5,000, 3 at 2,500, 3 at 1,250, 3 at 625, then each regrowth costs 3 more.
+    assert!(failed <= 40, "{failed} failed writes for 5,000 lines");
+    // The next batch starts at the pace learned, not at 5,000 again.
+    let before = calls.lock().unwrap().len();
+    deliver(
+        &mut sink,
+        &refs(&l[..400]),
+        &limits(),
+        &mut pace,
+        &t,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(calls.lock().unwrap().len(), before + 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_heartbeat_stays_fresh_across_a_two_minute_retry_after() {
+    let (mut sink, calls) = Scripted::new(vec![retry(Some(Duration::from_secs(120)))]);
+    let l = lines(3);
+    let t = Arc::new(Telemetry::default());
+    let watcher = {
+        let t = t.clone();
+        tokio::spawn(async move {
+            let mut stalest = Duration::ZERO;
+            for _ in 0..119 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                stalest = stalest.max(t.beats.quiet_for(Stage::Batch));
+            }
+            stalest
+        })
+    };
+    let started = Instant::now();
+    let refused = deliver(
+        &mut sink,
+        &refs(&l),
+        &limits(),
+        &mut Pace::default(),
+        &t,
+        &CancellationToken::new(),
+    )
+    .await;
+    assert_eq!(refused, Ok(vec![]));
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(120),
+        "the wait is kept"
+    );
+    assert_eq!(calls.lock().unwrap().len(), 2);
+    let stalest = watcher.await.unwrap();
+    assert!(
+        stalest <= BEAT_EVERY,
+        "the batch stage went {stalest:?} without a beat (systemd kills at 60 s)"
+    );
+}
+
+fn record(i: usize) -> Record {
+    Record {
+        topic: format!("sf/dpw/bins/{i}"),
+        readings: 1,
+        lines: format!("m,sensor_id=s{i} v={i}i 1\n"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_line_whose_dead_letter_cannot_be_written_keeps_the_batch_uncommitted() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool_cfg = crate::spool::SpoolConfig {
+        dir: dir.path().join("spool"),
+        max_bytes: 1 << 20,
+        segment_bytes: 1 << 16,
+    };
+    let (mut writer, reader, _) = crate::spool::open(spool_cfg.clone()).unwrap();
+    for i in 0..5 {
+        writer.append(&record(i)).unwrap();
+    }
+    writer.sync().unwrap();
+    // Every dead-letter write fails as on a full disk: /dev/full answers ENOSPC.
+    let letters = dir.path().join("letters");
+    std::fs::create_dir(&letters).unwrap();
+    std::os::unix::fs::symlink("/dev/full", letters.join(crate::deadletter::FILE_NAME)).unwrap();
+    let dead = Arc::new(Mutex::new(DeadLetters::open(&letters).unwrap()));
+    let (sink, calls) = Scripted::with_rule(vec![], |body| {
+        if body.contains("sensor_id=s2 ") {
+            Err(SinkError::Refused {
+                message: "store answered 400: field type conflict".into(),
+            })
+        } else {
+            Ok(())
+        }
+    });
+    let t = Arc::new(Telemetry::default());
+    let abandon = CancellationToken::new();
+    let stage = tokio::spawn(run(
+        reader,
+        vec![Box::new(sink)],
+        limits(),
+        dead,
+        t.clone(),
+        abandon.clone(),
+    ));
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(t.health.not_ready_reasons().contains(&"disk full"));
+    abandon.cancel();
+    stage.await.unwrap().unwrap();
+    let bodies_with_s0 = calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, b)| b.contains("sensor_id=s0 "))
+        .count();
+    assert!(
+        bodies_with_s0 >= 2,
+        "the batch is read and written again, not committed"
+    );
+    drop(writer);
+    let (_w, mut r, _) = crate::spool::open(spool_cfg).unwrap();
+    let (again, _) = r.read(usize::MAX, usize::MAX).unwrap();
+    assert_eq!(
+        again,
+        (0..5).map(record).collect::<Vec<_>>(),
+        "nothing was committed out of the spool"
+    );
 }

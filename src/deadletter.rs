@@ -92,6 +92,8 @@ pub struct DeadLetters {
     path: PathBuf,
     file: File,
     size: u64,
+    /// Bytes of the current file known durable (the last successful sync).
+    synced: u64,
     limits: Limits,
 }
 
@@ -110,6 +112,7 @@ impl DeadLetters {
             path,
             file,
             size,
+            synced: size,
             limits,
         })
     }
@@ -147,7 +150,22 @@ impl DeadLetters {
 
     /// Makes every appended entry durable (group commit with the spool).
     pub(crate) fn sync(&mut self) -> io::Result<()> {
-        self.file.sync_data()
+        self.file.sync_data()?;
+        self.synced = self.size;
+        Ok(())
+    }
+
+    /// After a failed write or sync (a full disk): what was appended since the last sync is not
+    /// durable and the file's state is unknown (fsyncgate). Cut it back to the synced length on a
+    /// fresh handle; the caller appends those entries again once space returns.
+    pub(crate) fn discard_unsynced(&mut self) -> io::Result<()> {
+        let file = OpenOptions::new().append(true).open(&self.path)?;
+        if file.metadata()?.is_file() {
+            file.set_len(self.synced)?;
+        }
+        self.file = file;
+        self.size = self.synced;
+        Ok(())
     }
 
     fn rotated(&self, n: usize) -> PathBuf {
@@ -173,6 +191,9 @@ impl DeadLetters {
                 .open(&self.path)?;
         }
         self.size = 0;
+        self.synced = 0;
+        // The renames and the new file must survive a power cut with the entries they hold.
+        File::open(&self.dir)?.sync_all()?;
         Ok(())
     }
 }

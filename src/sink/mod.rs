@@ -23,13 +23,17 @@ pub enum SinkError {
     /// 413: the body is too large for the store; smaller halves may pass.
     #[error("{message}")]
     TooLarge { message: String },
-    /// 400, 422 and other 4xx: some lines are refused for good.
+    /// 400, 422: some lines are refused for good; bisecting finds them.
     #[error("{message}")]
     Refused { message: String },
     /// 401, 403, 404: bad token or unknown bucket or org. Nothing is wrong with the data: keep
     /// it and report not-ready until an operator fixes the configuration.
     #[error("{message}")]
     Auth { message: String },
+    /// Any other 4xx (405, 407, 415, ...), or a 3xx that was not followed: a proxy or a wrong
+    /// URL answers, not the store judging our lines. Keep the data, report not-ready.
+    #[error("{message}")]
+    Config { message: String },
 }
 
 /// Classifies an HTTP answer that is not 2xx.
@@ -46,7 +50,8 @@ pub(crate) fn classify(status: u16, body: &str, retry_after: Option<Duration>) -
             message,
             after: retry_after,
         },
-        _ => SinkError::Refused { message },
+        400 | 422 => SinkError::Refused { message },
+        _ => SinkError::Config { message },
     }
 }
 
@@ -79,6 +84,16 @@ mod tests {
             classify(400, "partial write", None),
             SinkError::Refused { .. }
         ));
+        assert!(matches!(
+            classify(422, "unprocessable", None),
+            SinkError::Refused { .. }
+        ));
+        for proxy in [405, 407, 415, 302] {
+            assert!(
+                matches!(classify(proxy, "", None), SinkError::Config { .. }),
+                "{proxy}"
+            );
+        }
         assert!(matches!(classify(401, "", None), SinkError::Auth { .. }));
         assert!(matches!(
             classify(404, "bucket not found", None),

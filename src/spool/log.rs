@@ -2,9 +2,12 @@
 //!
 //! Record layout: `len: u32 LE | crc32: u32 LE | body`, body = `topic_len: u16 LE | topic |
 //! readings: u32 LE | line protocol`. The writer appends and fsyncs in groups; the reader only
-//! reads what is synced, and commits a position once the store took it. Fully consumed segments
-//! are deleted. On open, a record whose length or checksum is wrong ends its segment: the tail
-//! is truncated (a torn write after SIGKILL or power loss), logged and counted.
+//! reads what is synced, and commits a position once the store took it (in the [`super::cursor`],
+//! written in place). Fully consumed segments are deleted, and their folder fsynced. On open, a
+//! record whose length or checksum is wrong is searched past: with no valid record after it, it
+//! is a torn tail (SIGKILL, power loss) and is cut; with records after it, the bad range is
+//! copied into `quarantine/`, stepped over by the reader, logged and counted, and nothing after
+//! it is lost. A cursor that points inside a record resumes at that record's start.
 //!
 //! Why our own log and not a crate: we weighed `yaque` (a file queue), `okaywal` and `sled`.
 //! None lets the caller learn exactly when a record is on disk (we release MQTT acks then),
@@ -20,10 +23,13 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 use tracing::{error, warn};
 
+use super::cursor::{sync_dir, Cursor};
+
 const HEADER: usize = 8;
 /// A record body above this is corrupt, not large: no message makes a 64 MiB record.
 const MAX_RECORD: u32 = 64 * 1024 * 1024;
-const CURSOR_FILE: &str = "cursor";
+/// Corrupt ranges found in the middle of segments are copied here, a file per range.
+pub const QUARANTINE_DIR: &str = "quarantine";
 
 pub use crate::model::Record;
 
@@ -47,6 +53,10 @@ pub struct OpenReport {
     pub segments: usize,
     pub pending_bytes: u64,
     pub truncated_bytes: u64,
+    /// Corrupt ranges in the middle of segments, moved aside (the records after them are kept).
+    pub quarantined: Vec<Quarantined>,
+    /// The cursor pointed inside a record and was moved to its start.
+    pub cursor_moved: bool,
 }
 
 #[derive(Debug, Default)]
@@ -59,6 +69,8 @@ struct State {
     synced: Position,
     /// Where the reader resumes: everything before is in the store.
     committed: Position,
+    /// Quarantined ranges the reader steps over: start -> end offset in the same segment.
+    skips: BTreeMap<Position, u64>,
 }
 
 impl State {
@@ -66,10 +78,21 @@ impl State {
         self.segments.values().sum()
     }
 
-    /// True when synced bytes exist at or after `p`.
+    /// True when synced bytes exist at or after `p`, or a later segment the reader can move to
+    /// (committing there deletes the one it leaves: how a full disk gets its space back).
     fn has_data_after(&self, p: Position) -> bool {
         if p.segment > self.synced.segment {
             return false;
+        }
+        if p.segment < self.synced.segment
+            && self.segments.contains_key(&p.segment)
+            && self
+                .segments
+                .range(p.segment + 1..=self.synced.segment)
+                .next()
+                .is_some()
+        {
+            return true;
         }
         self.segments
             .range(p.segment..=self.synced.segment)
@@ -180,43 +203,112 @@ fn read_record(r: &mut impl Read) -> io::Result<Option<(Record, u64)>> {
     Ok(Some((record, (HEADER as u64) + u64::from(len))))
 }
 
-/// Scans a segment and truncates it after its last whole record. Returns (valid length, cut bytes).
-fn recover_segment(path: &Path) -> io::Result<(u64, u64)> {
-    let mut file = OpenOptions::new().read(true).write(true).open(path)?;
-    let size = file.metadata()?.len();
-    let mut reader = io::BufReader::new(&mut file);
-    let mut valid = 0u64;
-    loop {
-        match read_record(&mut reader) {
-            Ok(Some((_, n))) => valid += n,
-            Ok(None) => break,
-            Err(e) => {
-                warn!(segment = %path.display(), offset = valid, error = %e, "spool: torn or corrupt record, truncating the tail");
+/// The length of the whole, valid record at `at` in `data`, if one starts there.
+fn record_at(data: &[u8], at: usize) -> Option<u64> {
+    let header = data.get(at..at + HEADER)?;
+    let len = u32::from_le_bytes(header[0..4].try_into().ok()?);
+    let crc = u32::from_le_bytes(header[4..8].try_into().ok()?);
+    if len > MAX_RECORD {
+        return None;
+    }
+    let body = data.get(at + HEADER..at + HEADER + len as usize)?;
+    (crc32fast::hash(body) == crc && decode_body(body).is_some())
+        .then_some(HEADER as u64 + u64::from(len))
+}
+
+/// A corrupt byte range of a segment, moved aside into `spool/quarantine/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    pub segment: u64,
+    pub offset: u64,
+    pub bytes: u64,
+    pub file: PathBuf,
+}
+
+/// What scanning one segment found.
+#[derive(Debug, Default)]
+struct Scan {
+    /// The segment's length once a torn tail is cut.
+    len: u64,
+    /// Bytes cut from the tail.
+    cut: u64,
+    /// Corrupt ranges with whole records after them: (start, end).
+    bad: Vec<(u64, u64)>,
+    /// The start of the record (or bad range) holding the offset asked about.
+    floor: Option<u64>,
+}
+
+/// Scans a segment record by record. A corrupt record is searched past (the next offset where a
+/// length and checksum validate); when nothing valid follows it is a torn tail and is cut, as
+/// only the last write can be torn. `inside`: an offset whose record start is wanted.
+fn scan_segment(path: &Path, inside: Option<u64>) -> io::Result<Scan> {
+    let data = fs::read(path)?;
+    let size = data.len();
+    let mut scan = Scan::default();
+    let mut at = 0usize;
+    let holds =
+        |start: usize, end: usize| inside.is_some_and(|i| start as u64 <= i && i < end as u64);
+    while at < size {
+        if let Some(n) = record_at(&data, at) {
+            if holds(at, at + n as usize) {
+                scan.floor = Some(at as u64);
+            }
+            at += n as usize;
+            continue;
+        }
+        match (at + 1..size).find(|&o| record_at(&data, o).is_some()) {
+            Some(next) => {
+                warn!(segment = %path.display(), offset = at, bytes = next - at,
+                    "spool: corrupt record in the middle of a segment; the records after it are kept");
+                if holds(at, next) {
+                    scan.floor = Some(at as u64);
+                }
+                scan.bad.push((at as u64, next as u64));
+                at = next;
+            }
+            None => {
+                warn!(segment = %path.display(), offset = at, bytes = size - at,
+                    "spool: torn or corrupt record, truncating the tail");
                 break;
             }
         }
     }
-    drop(reader);
-    if valid < size {
-        file.set_len(valid)?;
+    if holds(at, usize::MAX) {
+        scan.floor = Some(at as u64);
+    }
+    scan.len = at as u64;
+    scan.cut = (size - at) as u64;
+    if scan.cut > 0 {
+        let file = OpenOptions::new().write(true).open(path)?;
+        file.set_len(scan.len)?;
         file.sync_all()?;
     }
-    Ok((valid, size - valid))
+    Ok(scan)
 }
 
-fn read_cursor(dir: &Path) -> Option<Position> {
-    let text = fs::read_to_string(dir.join(CURSOR_FILE)).ok()?;
-    let mut it = text.split_whitespace();
-    Some(Position {
-        segment: it.next()?.parse().ok()?,
-        offset: it.next()?.parse().ok()?,
-    })
-}
-
-fn write_cursor(dir: &Path, p: Position) -> io::Result<()> {
-    let tmp = dir.join("cursor.tmp");
-    fs::write(&tmp, format!("{} {}\n", p.segment, p.offset))?;
-    fs::rename(tmp, dir.join(CURSOR_FILE))
+/// Copies a corrupt range into `<dir>/quarantine/<segment>-<offset>.bad`, once: a later open
+/// that finds the same range leaves the copy as it is and returns None.
+fn quarantine(dir: &Path, id: u64, (from, to): (u64, u64)) -> io::Result<Option<Quarantined>> {
+    let qdir = dir.join(QUARANTINE_DIR);
+    let file = qdir.join(format!("{id:020}-{from:012}.bad"));
+    if file.exists() {
+        return Ok(None);
+    }
+    fs::create_dir_all(&qdir)?;
+    let data = fs::read(segment_path(dir, id))?;
+    let tmp = file.with_extension("tmp");
+    let mut f = File::create(&tmp)?;
+    f.write_all(&data[from as usize..to as usize])?;
+    f.sync_all()?;
+    fs::rename(&tmp, &file)?;
+    sync_dir(&qdir)?;
+    sync_dir(dir)?;
+    Ok(Some(Quarantined {
+        segment: id,
+        offset: from,
+        bytes: to - from,
+        file,
+    }))
 }
 
 /// Opens (or creates) the spool, recovering from a crash.
@@ -227,18 +319,49 @@ pub fn open(cfg: SpoolConfig) -> io::Result<(SpoolWriter, SpoolReader, OpenRepor
         .filter_map(|e| e.file_name().to_str()?.strip_suffix(".seg")?.parse().ok())
         .collect();
     ids.sort_unstable();
-    let cursor = read_cursor(&cfg.dir);
+    let (cursor_file, mut cursor) = Cursor::open(&cfg.dir)?;
     let mut state = State::default();
     let mut report = OpenReport::default();
+    let mut removed = false;
     for id in ids {
         let path = segment_path(&cfg.dir, id);
         if cursor.is_some_and(|c| id < c.segment) {
             fs::remove_file(&path)?; // delivered before the crash, not yet deleted
+            removed = true;
             continue;
         }
-        let (len, cut) = recover_segment(&path)?;
-        report.truncated_bytes += cut;
-        state.segments.insert(id, len);
+        let inside = cursor.filter(|c| c.segment == id).map(|c| c.offset);
+        let scan = scan_segment(&path, inside)?;
+        report.truncated_bytes += scan.cut;
+        if let (Some(c), Some(floor)) = (cursor.as_mut(), scan.floor) {
+            if floor != c.offset {
+                // A cursor inside a record: resume at its start (a duplicate, not a gap).
+                warn!(
+                    segment = id,
+                    cursor = c.offset,
+                    resume = floor,
+                    "spool: the cursor points inside a record; resuming at the record's start"
+                );
+                report.cursor_moved = true;
+                c.offset = floor;
+            }
+        }
+        for range in &scan.bad {
+            state.skips.insert(
+                Position {
+                    segment: id,
+                    offset: range.0,
+                },
+                range.1,
+            );
+            if let Some(q) = quarantine(&cfg.dir, id, *range)? {
+                report.quarantined.push(q);
+            }
+        }
+        state.segments.insert(id, scan.len);
+    }
+    if removed {
+        sync_dir(&cfg.dir)?;
     }
     let first = state.segments.keys().next().copied();
     state.committed = match (cursor, first) {
@@ -283,6 +406,7 @@ pub fn open(cfg: SpoolConfig) -> io::Result<(SpoolWriter, SpoolReader, OpenRepor
         file: None,
         segment: next_id,
         written: 0,
+        synced_len: 0,
         buf: Vec::with_capacity(64 * 1024),
     };
     let reader = SpoolReader {
@@ -290,6 +414,7 @@ pub fn open(cfg: SpoolConfig) -> io::Result<(SpoolWriter, SpoolReader, OpenRepor
         shared,
         position: None,
         file: None,
+        cursor: cursor_file,
     };
     Ok((writer, reader, report))
 }
@@ -302,6 +427,8 @@ pub struct SpoolWriter {
     file: Option<BufWriter<File>>,
     segment: u64,
     written: u64,
+    /// Bytes of the current segment known durable (the last successful sync).
+    synced_len: u64,
     buf: Vec<u8>,
 }
 
@@ -361,10 +488,13 @@ impl SpoolWriter {
     }
 
     fn rotate(&mut self) -> io::Result<()> {
-        if let Some(mut f) = self.file.take() {
+        if let Some(f) = self.file.as_mut() {
+            // On error the file stays, for `discard_unsynced` to cut back.
             f.flush()?;
             f.get_ref().sync_data()?;
+            self.synced_len = self.written;
             self.publish_synced();
+            self.file = None;
             self.segment += 1;
         }
         let path = segment_path(&self.cfg.dir, self.segment);
@@ -372,6 +502,7 @@ impl SpoolWriter {
         // The new file's directory entry must survive a power cut too.
         File::open(&self.cfg.dir)?.sync_all()?;
         self.written = 0;
+        self.synced_len = 0;
         self.file = Some(BufWriter::with_capacity(256 * 1024, f));
         self.shared.lock().segments.insert(self.segment, 0);
         Ok(())
@@ -382,6 +513,39 @@ impl SpoolWriter {
         if let Some(f) = self.file.as_mut() {
             f.flush()?;
             f.get_ref().sync_data()?;
+            self.synced_len = self.written;
+        }
+        self.publish_synced();
+        Ok(())
+    }
+
+    /// After a failed append or sync (a full disk): the records appended since the last sync are
+    /// not durable, and after a failed fsync the file's state is unknown (fsyncgate), so it is
+    /// never synced again as if that had worked. Its buffer is dropped unwritten, the segment is
+    /// cut back to its synced length, and the next append opens a new segment. The caller keeps
+    /// the acknowledgements of those records and appends them again.
+    pub fn discard_unsynced(&mut self) -> io::Result<()> {
+        let Some(f) = self.file.take() else {
+            return Ok(());
+        };
+        let (file, _unwritten) = f.into_parts();
+        drop(file);
+        let path = segment_path(&self.cfg.dir, self.segment);
+        // Cutting needs no new block; a fresh handle, not the one whose fsync failed.
+        OpenOptions::new()
+            .write(true)
+            .open(&path)?
+            .set_len(self.synced_len)?;
+        let cut_len = self.synced_len;
+        self.segment += 1;
+        self.written = 0;
+        self.synced_len = 0;
+        {
+            let mut s = self.shared.lock();
+            s.segments.insert(self.segment - 1, cut_len);
+            // The cut segment is finished: the reader may leave it, and the commit that follows
+            // deletes it, freeing its space even when it is the only one.
+            s.segments.insert(self.segment, 0);
         }
         self.publish_synced();
         Ok(())
@@ -422,12 +586,20 @@ pub struct SpoolReader {
     /// Where the next read starts (None: at the committed position).
     position: Option<Position>,
     file: Option<(u64, io::BufReader<File>)>,
+    cursor: Cursor,
 }
 
 impl SpoolReader {
     fn start(&self) -> Position {
         self.position
             .unwrap_or_else(|| self.shared.lock().committed)
+    }
+
+    /// Forgets what was read since the last commit: the next read starts at the committed
+    /// position again (a batch that could not be committed).
+    pub fn rewind(&mut self) {
+        self.position = None;
+        self.file = None;
     }
 
     /// True when everything synced has been read.
@@ -462,16 +634,23 @@ impl SpoolReader {
         let mut pos = self.start();
         let mut lines = 0usize;
         while out.len() < max_records && lines < max_lines {
-            let (synced, seg_len, next_seg) = {
+            let (synced, seg_len, next_seg, skip) = {
                 let s = self.shared.lock();
+                let skip = s.skips.get(&pos).copied();
                 let len = s.segments.get(&pos.segment).copied();
                 let next = s
                     .segments
                     .range(pos.segment + 1..)
                     .next()
                     .map(|(id, _)| *id);
-                (s.synced, len, next)
+                (s.synced, len, next, skip)
             };
+            if let Some(end) = skip {
+                // A quarantined range: the records after it are read, not it.
+                pos.offset = end;
+                self.file = None;
+                continue;
+            }
             let limit = if pos.segment == synced.segment {
                 synced.offset
             } else {
@@ -519,7 +698,9 @@ impl SpoolReader {
     }
 
     /// Everything before `upto` is in the store: persist the cursor, delete finished segments.
+    /// On error nothing is committed (the cursor write comes first).
     pub fn commit(&mut self, upto: Position) -> io::Result<()> {
+        self.cursor.write(upto)?;
         let doomed: Vec<u64> = {
             let mut s = self.shared.lock();
             s.committed = upto;
@@ -534,12 +715,18 @@ impl SpoolReader {
             for id in &doomed {
                 s.segments.remove(id);
             }
+            s.skips.retain(|p, _| p.segment >= upto.segment);
             doomed
         };
-        write_cursor(&self.dir, upto)?;
-        for id in doomed {
-            if let Err(e) = fs::remove_file(segment_path(&self.dir, id)) {
-                warn!(segment = id, error = %e, "spool: cannot delete a delivered segment");
+        if !doomed.is_empty() {
+            for id in doomed {
+                if let Err(e) = fs::remove_file(segment_path(&self.dir, id)) {
+                    warn!(segment = id, error = %e, "spool: cannot delete a delivered segment");
+                }
+            }
+            // The deletions must survive a power cut too, or they come back as duplicates.
+            if let Err(e) = sync_dir(&self.dir) {
+                warn!(error = %e, "spool: cannot fsync the spool folder after deleting segments");
             }
         }
         self.shared.freed.notify_one();

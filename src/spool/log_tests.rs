@@ -106,3 +106,177 @@ fn the_limit_is_enforced_until_the_store_takes_records() {
     r.commit(pos).unwrap();
     assert!(w.has_room(need));
 }
+
+/// The ids of the segment files, oldest first.
+fn segment_ids(dir: &Path) -> Vec<u64> {
+    let mut ids: Vec<u64> = fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".seg")?.parse().ok())
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+#[test]
+fn a_flipped_byte_in_an_older_segment_quarantines_that_record_and_keeps_all_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut w, _r, _) = open(cfg(dir.path(), 1 << 20, 200)).unwrap();
+        for i in 0..20 {
+            w.append(&rec(i)).unwrap();
+        }
+        w.sync().unwrap();
+    }
+    let ids = segment_ids(dir.path());
+    assert!(ids.len() >= 3, "{ids:?}");
+    // The middle record of the first segment: its body gets one byte flipped.
+    let older = segment_path(dir.path(), ids[0]);
+    let mut bytes = fs::read(&older).unwrap();
+    let len = SpoolWriter::encoded_len(&rec(0)) as usize;
+    let per_segment = bytes.len() / len;
+    let middle = per_segment / 2;
+    bytes[middle * len + HEADER + 3] ^= 0x40;
+    fs::write(&older, &bytes).unwrap();
+
+    let (_w, mut r, report) = open(cfg(dir.path(), 1 << 20, 200)).unwrap();
+    assert_eq!(report.truncated_bytes, 0, "nothing is cut");
+    assert_eq!(report.quarantined.len(), 1, "{report:?}");
+    let q = &report.quarantined[0];
+    assert_eq!(
+        (q.segment, q.offset, q.bytes),
+        (ids[0], (middle * len) as u64, len as u64)
+    );
+    assert_eq!(
+        fs::read(&q.file).unwrap(),
+        bytes[middle * len..(middle + 1) * len],
+        "the bad range is kept aside, byte for byte"
+    );
+    let (got, _) = r.read(100, usize::MAX).unwrap();
+    let expected: Vec<Record> = (0..20).filter(|i| *i != middle).map(rec).collect();
+    assert_eq!(got, expected, "every other record is delivered, in order");
+    // A second open finds the same range and does not count it again.
+    drop((_w, r));
+    let (_w, _r, again) = open(cfg(dir.path(), 1 << 20, 200)).unwrap();
+    assert!(again.quarantined.is_empty());
+}
+
+#[test]
+fn a_cursor_inside_a_record_resumes_at_its_start_with_a_duplicate_not_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let len = SpoolWriter::encoded_len(&rec(0));
+    {
+        let (mut w, mut r, _) = open(cfg(dir.path(), 1 << 20, 1 << 16)).unwrap();
+        for i in 0..5 {
+            w.append(&rec(i)).unwrap();
+        }
+        w.sync().unwrap();
+        let (_, _) = r.read(2, usize::MAX).unwrap();
+        // As a torn cursor write could leave it: in the middle of record 2.
+        r.commit(Position {
+            segment: 1,
+            offset: 2 * len + 5,
+        })
+        .unwrap();
+    }
+    let (_w, mut r, report) = open(cfg(dir.path(), 1 << 20, 1 << 16)).unwrap();
+    assert!(report.cursor_moved);
+    let (got, _) = r.read(100, usize::MAX).unwrap();
+    assert_eq!(got, (2..5).map(rec).collect::<Vec<_>>());
+}
+
+#[test]
+fn committing_rewrites_the_cursor_in_place_without_growing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, mut r, _) = open(cfg(dir.path(), 1 << 20, 200)).unwrap();
+    let cursor = dir.path().join(super::super::cursor::FILE_NAME);
+    let size = fs::metadata(&cursor).unwrap().len();
+    for i in 0..30 {
+        w.append(&rec(i)).unwrap();
+        w.sync().unwrap();
+        let (_, pos) = r.read(1, usize::MAX).unwrap();
+        r.commit(pos).unwrap();
+    }
+    assert_eq!(fs::metadata(&cursor).unwrap().len(), size);
+    assert!(!dir.path().join("cursor.tmp").exists());
+}
+
+/// A tmpfs of `size` mounted for one test (root only, as in CI: fails loudly otherwise).
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs: this test needs root"
+        );
+        SmallDisk(dir)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_cuts_the_unsynced_records_back_and_a_new_segment_takes_them_later() {
+    let disk = SmallDisk::mount("256k");
+    let dir = disk.0.path().join("spool");
+    let (mut w, mut r, _) = open(cfg(&dir, 1 << 30, 1 << 30)).unwrap();
+    let big = |i: usize| Record {
+        topic: format!("t/{i}"),
+        readings: 1,
+        lines: format!("m,city=paris f={i}i {i}\n{}", "x".repeat(4000)),
+    };
+    // Fill: synced groups of four records until a write or a sync finds no space.
+    let mut synced = 0;
+    let error = loop {
+        let group = (synced..synced + 4).try_for_each(|i| w.append(&big(i)).map(|_| ()));
+        match group.and_then(|()| w.sync()) {
+            Ok(()) => synced += 4,
+            Err(e) => break e,
+        }
+        assert!(
+            synced < 1000,
+            "a 256 KiB disk took {synced} records of 4 KB"
+        );
+    };
+    assert!(crate::spool::is_disk_full(&error), "{error:?}");
+    let full_segment = w.segment;
+    w.discard_unsynced().unwrap();
+    assert_eq!(
+        fs::metadata(segment_path(&dir, full_segment))
+            .unwrap()
+            .len(),
+        (0..synced)
+            .map(|i| SpoolWriter::encoded_len(&big(i)))
+            .sum::<u64>(),
+        "cut back to what was synced"
+    );
+    let (got, upto) = r.read(usize::MAX, usize::MAX).unwrap();
+    assert_eq!(got, (0..synced).map(big).collect::<Vec<_>>());
+    // The store took them: the segment goes, space returns, the group goes into a new segment.
+    r.commit(upto).unwrap();
+    for i in synced..synced + 4 {
+        w.append(&big(i)).unwrap();
+    }
+    w.sync().unwrap();
+    assert!(
+        w.segment > full_segment,
+        "never synced again: a new segment"
+    );
+    r.commit(upto).unwrap();
+    let (again, _) = r.read(usize::MAX, usize::MAX).unwrap();
+    assert_eq!(again, (synced..synced + 4).map(big).collect::<Vec<_>>());
+}

@@ -2,6 +2,7 @@
 //! the pipeline stage that appends normalised messages, fsyncs them in groups and only then
 //! releases their acknowledgements.
 
+mod cursor;
 mod log;
 pub(crate) mod stage;
 
@@ -15,4 +16,12 @@ pub(crate) fn block<T>(f: impl FnOnce() -> T) -> T {
         }
         _ => f(),
     }
+}
+
+/// No space or quota left under state.dir: back-pressure, not a fault.
+pub(crate) fn is_disk_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }

@@ -1,32 +1,49 @@
 //! The spool stage: appends each normalised message's record and dead letters, fsyncs both in
 //! groups (every `spool.sync_interval`, every `spool.sync_bytes`, or as soon as `max_inflight`
 //! messages wait), then releases the acknowledgements of the whole group, in arrival order. A
-//! full spool stops intake here: nothing is acknowledged until the store catches up.
+//! full spool stops intake here: nothing is acknowledged until the store catches up. So does a
+//! full disk: the group that could not be written or synced keeps its acks and is written
+//! again, whole, once space returns.
 
+use std::io;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{block, SpoolWriter};
-use crate::ack::Ack;
+use super::{block, is_disk_full, SpoolWriter};
 use crate::deadletter::{DeadLetters, Letter};
 use crate::model::Normalised;
 use crate::settings::SpoolSettings;
 use crate::telemetry::health::{Stage, BEAT_EVERY};
 use crate::telemetry::Telemetry;
 
-/// Messages appended since the last fsync, whose acks wait for it.
+/// How often a full disk is tried again while intake waits: each try appends the group again.
+const DISK_RETRY: Duration = Duration::from_secs(1);
+
+/// Messages appended since the last fsync, kept whole: their acks wait for the fsync, and on a
+/// full disk their records and dead letters are written again once space returns.
 struct Group {
-    acks: Vec<Ack>,
+    items: Vec<Normalised>,
     bytes: u64,
     started: Option<Instant>,
 }
 
+/// What the stage writes to and reports through.
+struct Durable<'a> {
+    spool: &'a mut SpoolWriter,
+    dead: &'a Mutex<DeadLetters>,
+    telemetry: &'a Telemetry,
+    abandon: &'a CancellationToken,
+}
+
 /// Runs until intake ends (`input` closed) or `abandon` fires, then commits what it holds.
-/// Returns an error when the spool or the dead letters cannot be written: the process must
-/// restart (and the broker redelivers what was not acknowledged).
+/// A full disk (ENOSPC, EDQUOT) is back-pressure: nothing more is acknowledged or taken until
+/// space returns. Returns an error when the spool or the dead letters cannot be written for
+/// another reason: the process must restart (and the broker redelivers what was not
+/// acknowledged).
 pub(crate) async fn run(
     mut input: mpsc::Receiver<Normalised>,
     mut spool: SpoolWriter,
@@ -37,9 +54,15 @@ pub(crate) async fn run(
     abandon: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut group = Group {
-        acks: Vec::new(),
+        items: Vec::new(),
         bytes: 0,
         started: None,
+    };
+    let mut out = Durable {
+        spool: &mut spool,
+        dead: &dead,
+        telemetry: &telemetry,
+        abandon: &abandon,
     };
     let mut beat = tokio::time::interval(BEAT_EVERY);
     loop {
@@ -47,66 +70,65 @@ pub(crate) async fn run(
         let next = tokio::select! {
             // Idle: still alive (the systemd watchdog listens).
             _ = beat.tick() => {
-                report(&spool, &telemetry);
+                report(out.spool, &telemetry);
                 continue;
             }
             // Shutdown gave up on the store while we wait for room: leave the rest unacknowledged.
             _ = abandon.cancelled() => break,
             // Group commit timer.
             _ = sleep_until(group.started.map(|t| t + settings.sync_interval)) => {
-                commit(&mut spool, &dead, &mut group)?;
+                commit(&mut out, &mut group).await?;
                 continue;
             }
             // The next normalised message, or the end of intake.
             n = input.recv() => n,
         };
         let Some(n) = next else { break };
-        dead_letter(&n, &dead, &telemetry)?;
+        count_rejects(&n, &telemetry);
         if let Some(record) = &n.record {
             let need = SpoolWriter::encoded_len(record);
-            if !spool.has_room(need) {
+            if !out.spool.has_room(need) {
                 // Release what is already in before waiting, then stop taking messages.
-                commit(&mut spool, &dead, &mut group)?;
-                telemetry.spool_full(spool.total_bytes(), settings.max_bytes);
+                commit(&mut out, &mut group).await?;
+                telemetry.spool_full(out.spool.total_bytes(), settings.max_bytes);
                 loop {
                     telemetry.beats.beat(Stage::Spool);
                     tokio::select! {
                         // Shutdown deadline: what waits stays with the broker.
-                        _ = abandon.cancelled() => return commit(&mut spool, &dead, &mut group),
+                        _ = abandon.cancelled() => return commit(&mut out, &mut group).await,
                         // Still alive while waiting.
                         _ = beat.tick() => {
-                            report(&spool, &telemetry);
+                            report(out.spool, &telemetry);
                             continue;
                         }
                         // The batch stage committed enough.
-                        _ = spool.wait_for_room(need) => break,
+                        _ = out.spool.wait_for_room(need) => break,
                     }
                 }
                 telemetry.spool_has_room();
             }
-            group.bytes += block(|| spool.append(record))
-                .map_err(|e| anyhow::anyhow!("cannot append to the spool: {e}"))?;
         }
-        group.acks.push(n.ack);
+        let written = block(|| write(&n, out.spool, &dead));
+        group.items.push(n);
         group.started.get_or_insert_with(Instant::now);
-        if group.bytes >= settings.sync_bytes || group.acks.len() >= max_inflight {
-            commit(&mut spool, &dead, &mut group)?;
+        match written {
+            Ok(bytes) => group.bytes += bytes,
+            // The group is not durable: wait for space, write it again, sync.
+            Err(e) => {
+                settle(&mut out, &mut group, Err(e)).await?;
+                continue;
+            }
+        }
+        if group.bytes >= settings.sync_bytes || group.items.len() >= max_inflight {
+            commit(&mut out, &mut group).await?;
         }
     }
-    commit(&mut spool, &dead, &mut group)
+    commit(&mut out, &mut group).await
 }
 
-/// Appends a dead letter for each of the message's rejects (made durable by the next commit).
-fn dead_letter(
-    n: &Normalised,
-    dead: &Mutex<DeadLetters>,
-    telemetry: &Telemetry,
-) -> anyhow::Result<()> {
-    if n.rejects.is_empty() {
-        return Ok(());
-    }
+/// Counts each of the message's rejects, once (a rewrite after a full disk does not).
+fn count_rejects(n: &Normalised, telemetry: &Telemetry) {
     let (city, source) = (n.city.as_deref(), n.source.as_deref());
-    let mut d = dead.lock().unwrap_or_else(|e| e.into_inner());
     for reject in &n.rejects {
         telemetry.rejected(
             &n.message.topic,
@@ -114,46 +136,120 @@ fn dead_letter(
             source.unwrap_or("unknown"),
             reject,
         );
-        d.append(&Letter {
-            city: Some(city.unwrap_or("unknown")),
-            source: Some(source.unwrap_or("unknown")),
-            ..Letter::new(
-                n.message.received_at,
-                &n.message.topic,
-                &n.message.payload,
-                reject,
-            )
+    }
+}
+
+/// Appends the message's dead letters and its record (durable at the next sync); the bytes
+/// the record took in the spool.
+fn write(n: &Normalised, spool: &mut SpoolWriter, dead: &Mutex<DeadLetters>) -> io::Result<u64> {
+    if !n.rejects.is_empty() {
+        let (city, source) = (n.city.as_deref(), n.source.as_deref());
+        let mut d = dead.lock().unwrap_or_else(|e| e.into_inner());
+        for reject in &n.rejects {
+            d.append(&Letter {
+                city: Some(city.unwrap_or("unknown")),
+                source: Some(source.unwrap_or("unknown")),
+                ..Letter::new(
+                    n.message.received_at,
+                    &n.message.topic,
+                    &n.message.payload,
+                    reject,
+                )
+            })?;
+        }
+    }
+    match &n.record {
+        Some(record) => spool.append(record),
+        None => Ok(0),
+    }
+}
+
+fn sync_both(spool: &mut SpoolWriter, dead: &Mutex<DeadLetters>) -> io::Result<()> {
+    spool.sync()?;
+    dead.lock().unwrap_or_else(|e| e.into_inner()).sync()
+}
+
+/// fsync the spool and the dead letters, then acknowledge the group.
+async fn commit(out: &mut Durable<'_>, group: &mut Group) -> anyhow::Result<()> {
+    if group.items.is_empty() {
+        group.bytes = 0;
+        group.started = None;
+        return Ok(());
+    }
+    let synced = block(|| sync_both(out.spool, out.dead));
+    settle(out, group, synced).await
+}
+
+/// Acknowledges the group once `first` (its write or sync) succeeded. On a full disk the group
+/// is not durable: both files are cut back to their last sync (never fsynced again as if that
+/// had worked), and every [`DISK_RETRY`] the whole group is written and synced again, until it
+/// holds or `abandon` fires (its acks are then dropped: the broker keeps those messages).
+async fn settle(
+    out: &mut Durable<'_>,
+    group: &mut Group,
+    first: io::Result<()>,
+) -> anyhow::Result<()> {
+    group.bytes = 0;
+    group.started = None;
+    let mut result = first;
+    let mut was_full = false;
+    while let Err(e) = result {
+        if !is_disk_full(&e) {
+            let letters = out.dead.lock().unwrap_or_else(|e| e.into_inner());
+            return Err(anyhow::anyhow!(
+                "cannot write or fsync the spool or the dead letters ({}): {e}",
+                letters.path().display()
+            ));
+        }
+        if !was_full {
+            out.telemetry.disk_full("spool or dead-letter write", &e);
+            was_full = true;
+        }
+        block(|| {
+            out.spool.discard_unsynced()?;
+            out.dead
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .discard_unsynced()
         })
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot write the dead-letter file {}: {e}",
-                d.path().display()
-            )
-        })?;
+        .map_err(|e| anyhow::anyhow!("cannot cut the spool back after a full disk: {e}"))?;
+        if !wait_beating(DISK_RETRY, out.telemetry, out.abandon).await {
+            group.items.clear();
+            return Ok(());
+        }
+        let items = &group.items;
+        result = block(|| {
+            for n in items {
+                write(n, out.spool, out.dead)?;
+            }
+            sync_both(out.spool, out.dead)
+        });
+    }
+    if was_full {
+        out.telemetry.disk_has_room();
+    }
+    for n in group.items.drain(..) {
+        n.ack.release();
     }
     Ok(())
 }
 
-/// fsync the spool and the dead letters, then acknowledge the group.
-fn commit(
-    spool: &mut SpoolWriter,
-    dead: &Mutex<DeadLetters>,
-    group: &mut Group,
-) -> anyhow::Result<()> {
-    group.bytes = 0;
-    group.started = None;
-    if group.acks.is_empty() {
-        return Ok(());
+/// Sleeps `wait`, beating; false when `abandon` fired first.
+async fn wait_beating(wait: Duration, telemetry: &Telemetry, abandon: &CancellationToken) -> bool {
+    let until = Instant::now() + wait;
+    loop {
+        telemetry.beats.beat(Stage::Spool);
+        let now = Instant::now();
+        if now >= until {
+            return true;
+        }
+        tokio::select! {
+            // Shutdown deadline: what waits stays with the broker.
+            _ = abandon.cancelled() => return false,
+            // The next beat, or the end of the wait.
+            _ = tokio::time::sleep_until(until.min(now + BEAT_EVERY)) => {}
+        }
     }
-    block(|| {
-        spool.sync()?;
-        dead.lock().unwrap_or_else(|e| e.into_inner()).sync()
-    })
-    .map_err(|e| anyhow::anyhow!("cannot fsync the spool or the dead letters: {e}"))?;
-    for ack in group.acks.drain(..) {
-        ack.release();
-    }
-    Ok(())
 }
 
 /// The spool gauges, also while the batch stage is stuck retrying an outage.

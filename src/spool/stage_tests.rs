@@ -27,7 +27,7 @@ impl Acker for Recorder {
 }
 
 struct Rig {
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
     state: std::path::PathBuf,
     input: mpsc::Sender<Normalised>,
     reader: SpoolReader,
@@ -48,6 +48,14 @@ fn settings(max_bytes: u64) -> SpoolSettings {
 fn rig(settings: SpoolSettings, max_inflight: usize) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().to_path_buf();
+    Rig {
+        _dir: Some(dir),
+        ..rig_at(state, settings, max_inflight)
+    }
+}
+
+/// The stage with its spool and dead letters under `state`.
+fn rig_at(state: std::path::PathBuf, settings: SpoolSettings, max_inflight: usize) -> Rig {
     let (writer, reader, _) = open(SpoolConfig {
         dir: state.join("spool"),
         max_bytes: settings.max_bytes,
@@ -67,7 +75,7 @@ fn rig(settings: SpoolSettings, max_inflight: usize) -> Rig {
         CancellationToken::new(),
     ));
     Rig {
-        _dir: dir,
+        _dir: None,
         state,
         input,
         reader,
@@ -202,4 +210,82 @@ async fn a_full_spool_holds_the_acks_until_the_batch_stage_commits() {
         .health
         .not_ready_reasons()
         .contains(&"spool full"));
+}
+
+/// A tmpfs of `size` mounted for one test (root only, as in CI: fails loudly otherwise).
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs: this test needs root"
+        );
+        SmallDisk(dir)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_disk_holds_the_acks_keeps_the_stage_alive_and_resumes_once_space_returns() {
+    let disk = SmallDisk::mount("128k");
+    let mut rig = rig_at(disk.0.path().to_path_buf(), settings(1 << 30), 16);
+    // About 1.2 KB each: 200 of them do not fit in 128 KiB.
+    let messages: Vec<Normalised> = (1..=200).map(|p| rig.message(p, 20, None)).collect();
+    let input = rig.input.clone();
+    let feeder = tokio::spawn(async move {
+        for m in messages {
+            input.send(m).await.unwrap();
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    settle().await;
+    let held = rig.acked();
+    assert!(held.len() < 200, "acked all {} on a full disk", held.len());
+    assert!(rig
+        .telemetry
+        .health
+        .not_ready_reasons()
+        .contains(&"disk full"));
+    assert!(!rig.stage.is_finished(), "a full disk stopped the stage");
+    // The store takes what is spooled: delivered segments go, space returns, intake resumes.
+    let mut delivered = 0u32;
+    for _ in 0..200 {
+        if rig.acked().len() == 200 {
+            break;
+        }
+        let (records, upto) = rig.reader.read(usize::MAX, usize::MAX).unwrap();
+        delivered += records.iter().map(|r| r.readings).sum::<u32>();
+        rig.reader.commit(upto).unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        settle().await;
+    }
+    feeder.await.unwrap();
+    assert_eq!(
+        rig.acked(),
+        (1..=200).collect::<Vec<u16>>(),
+        "all, in order"
+    );
+    let (rest, _) = rig.reader.read(usize::MAX, usize::MAX).unwrap();
+    delivered += rest.iter().map(|r| r.readings).sum::<u32>();
+    assert!(delivered >= 200 * 20, "{delivered} readings delivered");
+    assert!(!rig
+        .telemetry
+        .health
+        .not_ready_reasons()
+        .contains(&"disk full"));
 }

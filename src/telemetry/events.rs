@@ -28,16 +28,24 @@ pub(crate) enum Retry {
     Throttled,
     /// 401/403/404: credentials, bucket or org.
     Auth,
+    /// Another 4xx (a proxy, a wrong URL), or every line refused with one message.
+    Config,
 }
 
 impl Retry {
-    pub(crate) const ALL: [Retry; 3] = [Retry::Unreachable, Retry::Throttled, Retry::Auth];
+    pub(crate) const ALL: [Retry; 4] = [
+        Retry::Unreachable,
+        Retry::Throttled,
+        Retry::Auth,
+        Retry::Config,
+    ];
 
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Retry::Unreachable => "unreachable",
             Retry::Throttled => "throttled",
             Retry::Auth => "auth",
+            Retry::Config => "config",
         }
     }
 }
@@ -262,6 +270,34 @@ impl Telemetry {
         info!(dir = %dir.display(), segments, pending_bytes, "spool open");
     }
 
+    /// A corrupt range in the middle of a spool segment, moved aside; the records after it are kept.
+    pub(crate) fn spool_quarantined(&self, segment: u64, offset: u64, bytes: u64, file: &Path) {
+        metrics::counter!(m::SPOOL_QUARANTINED_BYTES).increment(bytes);
+        error!(segment, offset, bytes, file = %file.display(),
+            "spool: corrupt record moved aside into the quarantine; the records after it are delivered");
+    }
+
+    /// The cursor pointed inside a record (a torn write): resumed at the record's start.
+    pub(crate) fn spool_cursor_moved(&self) {
+        warn!("spool: the cursor pointed inside a record; resuming at its start (a few readings may be written twice)");
+    }
+
+    /// No space under state.dir (`what` failed): intake stops, acknowledgements wait, delivery
+    /// from the spool goes on; the records not yet fsynced are written again once space returns.
+    pub(crate) fn disk_full(&self, what: &str, error: &dyn std::fmt::Display) {
+        metrics::counter!(m::DISK_FULL).increment(1);
+        metrics::gauge!(m::DISK_FULL_NOW).set(1.0);
+        self.health.set_disk_full(true);
+        error!(what, error = %error,
+            "disk full under state.dir: not acknowledging new messages until space returns (back-pressure); delivery from the spool goes on");
+    }
+
+    pub(crate) fn disk_has_room(&self) {
+        metrics::gauge!(m::DISK_FULL_NOW).set(0.0);
+        self.health.set_disk_full(false);
+        info!("disk has space again: intake resumes");
+    }
+
     pub(crate) fn spool_full(&self, spool_bytes: u64, max_bytes: u64) {
         metrics::counter!(m::SPOOL_FULL).increment(1);
         self.health.set_spool_full(true);
@@ -304,12 +340,19 @@ impl Telemetry {
     ) {
         self.write_retries.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(m::SINK_RETRIES, "kind" => kind.as_str()).increment(1);
-        self.health.store_failing(kind == Retry::Auth);
+        if kind == Retry::Config {
+            self.health.store_misconfigured();
+        } else {
+            self.health.store_failing(kind == Retry::Auth);
+        }
         self.health
             .set_store_tls(error.starts_with(crate::sink::influx::STORE_TLS));
         if kind == Retry::Auth {
             error!(sink, error = %error, retry_in = ?retry_in,
                 "store refuses our credentials or does not know the bucket/org: fix influx.token, influx.org or influx.bucket; readings stay in the spool");
+        } else if kind == Retry::Config {
+            error!(sink, error = %error, retry_in = ?retry_in,
+                "store or a proxy refuses our requests (not the lines): check influx.url (scheme, host, path) and any HTTP proxy on the way (HTTP_PROXY, HTTPS_PROXY, NO_PROXY); readings stay in the spool");
         } else {
             warn!(sink, error = %error, lines, retry_in = ?retry_in, "store write failed, will retry");
         }

@@ -13,6 +13,8 @@ pub struct Health {
     spool_full: AtomicBool,
     store_unreachable: AtomicBool,
     store_auth: AtomicBool,
+    store_config: AtomicBool,
+    disk_full: AtomicBool,
 }
 
 impl Health {
@@ -37,7 +39,16 @@ impl Health {
             self.store_unreachable.store(true, Ordering::Relaxed);
         }
     }
+    /// The store (or a proxy before it) refuses every request the same way: configuration.
+    pub fn store_misconfigured(&self) {
+        self.store_config.store(true, Ordering::Relaxed);
+    }
+    /// The file system under state.dir has no space (ENOSPC, EDQUOT).
+    pub fn set_disk_full(&self, v: bool) {
+        self.disk_full.store(v, Ordering::Relaxed);
+    }
     pub fn store_ok(&self) {
+        self.store_config.store(false, Ordering::Relaxed);
         self.store_auth.store(false, Ordering::Relaxed);
         self.store_unreachable.store(false, Ordering::Relaxed);
         self.store_tls.store(false, Ordering::Relaxed);
@@ -54,6 +65,12 @@ impl Health {
         }
         if self.spool_full.load(Ordering::Relaxed) {
             r.push("spool full");
+        }
+        if self.disk_full.load(Ordering::Relaxed) {
+            r.push("disk full");
+        }
+        if self.store_config.load(Ordering::Relaxed) {
+            r.push("store or a proxy refuses the requests (configuration)");
         }
         if self.store_auth.load(Ordering::Relaxed) {
             r.push("store refuses credentials, bucket or org");
@@ -94,14 +111,15 @@ pub const BEAT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Last sign of progress of each stage, in ms since `start`.
 #[derive(Debug)]
 pub struct Heartbeats {
-    start: std::time::Instant,
+    /// tokio's clock (std's outside a runtime): paused-time tests see the beats move.
+    start: tokio::time::Instant,
     beats: [std::sync::atomic::AtomicU64; 3],
 }
 
 impl Default for Heartbeats {
     fn default() -> Self {
         Heartbeats {
-            start: std::time::Instant::now(),
+            start: tokio::time::Instant::now(),
             beats: Default::default(),
         }
     }
@@ -113,13 +131,18 @@ impl Heartbeats {
         self.beats[stage as usize].store(now, Ordering::Relaxed);
     }
 
+    /// How long `stage` has not beaten.
+    pub fn quiet_for(&self, stage: Stage) -> std::time::Duration {
+        let now = self.start.elapsed().as_millis() as u64;
+        std::time::Duration::from_millis(
+            now.saturating_sub(self.beats[stage as usize].load(Ordering::Relaxed)),
+        )
+    }
+
     /// The first stage that has not moved for longer than `limit`, if any.
     pub fn stalled(&self, limit: std::time::Duration) -> Option<(Stage, std::time::Duration)> {
-        let now = self.start.elapsed().as_millis() as u64;
         Stage::ALL.into_iter().find_map(|s| {
-            let quiet = std::time::Duration::from_millis(
-                now.saturating_sub(self.beats[s as usize].load(Ordering::Relaxed)),
-            );
+            let quiet = self.quiet_for(s);
             (quiet > limit).then_some((s, quiet))
         })
     }

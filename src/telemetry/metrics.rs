@@ -18,6 +18,9 @@ pub(crate) const SPOOL_BYTES: &str = "urbanflux_spool_bytes";
 pub(crate) const SPOOL_OLDEST_AGE: &str = "urbanflux_spool_oldest_age_seconds";
 pub(crate) const SPOOL_FULL: &str = "urbanflux_spool_full_total";
 pub(crate) const SPOOL_TRUNCATIONS: &str = "urbanflux_spool_truncations_total";
+pub(crate) const SPOOL_QUARANTINED_BYTES: &str = "urbanflux_spool_quarantined_bytes_total";
+pub(crate) const DISK_FULL: &str = "urbanflux_disk_full_total";
+pub(crate) const DISK_FULL_NOW: &str = "urbanflux_disk_full";
 pub(crate) const MQTT_CONNECTED: &str = "urbanflux_mqtt_connected";
 pub(crate) const MQTT_RECONNECTS: &str = "urbanflux_mqtt_reconnects_total";
 pub(crate) const SECONDS_SINCE_LAST_MESSAGE: &str = "urbanflux_mqtt_seconds_since_last_message";
@@ -117,6 +120,21 @@ fn register(subscriptions: &[String]) {
     metrics::counter!(SPOOL_FULL).absolute(0);
     describe_counter!(SPOOL_TRUNCATIONS, "torn spool tails cut at open");
     metrics::counter!(SPOOL_TRUNCATIONS).absolute(0);
+    describe_counter!(
+        SPOOL_QUARANTINED_BYTES,
+        "corrupt spool bytes moved aside into spool/quarantine at open"
+    );
+    metrics::counter!(SPOOL_QUARANTINED_BYTES).absolute(0);
+    describe_counter!(
+        DISK_FULL,
+        "times the file system under state.dir had no space (ENOSPC, EDQUOT)"
+    );
+    metrics::counter!(DISK_FULL).absolute(0);
+    describe_gauge!(
+        DISK_FULL_NOW,
+        "1 while intake waits for space under state.dir"
+    );
+    metrics::gauge!(DISK_FULL_NOW).set(0.0);
     describe_gauge!(MQTT_CONNECTED, "1 while connected to the broker");
     metrics::gauge!(MQTT_CONNECTED).set(0.0);
     describe_counter!(MQTT_RECONNECTS, "lost broker connections");

@@ -377,3 +377,67 @@ fn sigterm_with_a_full_spool_and_the_store_down_exits_within_the_drain_timeout(
     let _daemon = stack.start_daemon();
     assert_store_holds_bins(&stack, 200);
 }
+
+#[test]
+fn sigterm_during_a_two_minute_retry_after_exits_within_the_drain_timeout() {
+    let stack = Stack::start();
+    // Throttles every write for two minutes, as a store under maintenance may.
+    let front = StoreFront::start(stack.store.port(), |_, _| {
+        Reply::Answer(429, vec!["Retry-After: 120".into()], String::new())
+    });
+    let mut daemon = stack.start_daemon_with(&[
+        ("URBANFLUX__INFLUX__URL", front.url().as_str()),
+        ("URBANFLUX__SHUTDOWN__DRAIN_TIMEOUT", "2s"),
+    ]);
+    publish_all(stack.broker.port(), &bin_messages(0, 100));
+    daemon.wait_for_log("store write failed, will retry", READY_TIMEOUT);
+    let asked = Instant::now();
+    let status = daemon.terminate();
+    let took = asked.elapsed();
+    assert!(status.success(), "exit status {status:?}\n{}", daemon.log());
+    // drain_timeout, plus the MQTT goodbye (at most 2 s), plus process exit.
+    assert!(
+        took < Duration::from_secs(5),
+        "SIGTERM took {took:?} to stop the daemon during a Retry-After"
+    );
+    assert!(front.requests().iter().all(|r| r.status == 429));
+    // Nothing was lost: the next start, with the store answering, delivers it all.
+    let _daemon = stack.start_daemon();
+    assert_store_holds_bins(&stack, 100);
+}
+
+#[test]
+fn a_proxy_answering_405_keeps_the_data_says_why_and_delivers_once_fixed() {
+    let stack = Stack::start();
+    let fixed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let front = {
+        let fixed = fixed.clone();
+        StoreFront::start(stack.store.port(), move |_, _| {
+            if fixed.load(Ordering::SeqCst) {
+                Reply::Forward
+            } else {
+                Reply::Answer(405, vec![], "Method Not Allowed".into())
+            }
+        })
+    };
+    let mut daemon = stack.start_daemon_with(&[("URBANFLUX__INFLUX__URL", &front.url())]);
+    publish_all(stack.broker.port(), &bin_messages(0, 40));
+    daemon.wait_for_log("check influx.url", READY_TIMEOUT);
+    let body = eventually(
+        READY_TIMEOUT,
+        "/readyz to name the configuration",
+        || match http_get(stack.ops_port, "/readyz").expect("GET /readyz") {
+            (503, body) if body.contains("(configuration)") => Ok(body),
+            (status, body) => Err(format!("{status} {body}")),
+        },
+    );
+    assert!(body.contains("proxy"), "{body}");
+    assert!(
+        stack.deadletters().is_empty(),
+        "a proxy's 405 is not a refused line: {:?}",
+        stack.deadletters()
+    );
+    fixed.store(true, Ordering::SeqCst);
+    assert_store_holds_bins(&stack, 40);
+    assert!(stack.deadletters().is_empty());
+}

@@ -8,6 +8,7 @@
 
 mod dashboards;
 mod devices;
+mod disk;
 mod faults;
 mod harness;
 mod hostile;

@@ -6,7 +6,7 @@ use crate::harness::fixtures;
 use crate::harness::{eventually, http_get, publish_all, Stack, READY_TIMEOUT, STORE_TIMEOUT};
 
 /// Every family the daemon emits, as an operator's alerts and dashboards name them.
-const FAMILIES: [(&str, &str); 20] = [
+const FAMILIES: [(&str, &str); 23] = [
     ("urbanflux_messages_received_total", "counter"),
     ("urbanflux_readings_received_total", "counter"),
     ("urbanflux_readings_rejected_total", "counter"),
@@ -19,6 +19,9 @@ const FAMILIES: [(&str, &str); 20] = [
     ("urbanflux_spool_oldest_age_seconds", "gauge"),
     ("urbanflux_spool_full_total", "counter"),
     ("urbanflux_spool_truncations_total", "counter"),
+    ("urbanflux_spool_quarantined_bytes_total", "counter"),
+    ("urbanflux_disk_full_total", "counter"),
+    ("urbanflux_disk_full", "gauge"),
     ("urbanflux_mqtt_connected", "gauge"),
     ("urbanflux_mqtt_reconnects_total", "counter"),
     ("urbanflux_mqtt_seconds_since_last_message", "gauge"),

@@ -102,6 +102,11 @@ impl Daemon {
         self.service.pid()
     }
 
+    /// True while the process runs (it has not exited by itself).
+    pub fn running(&mut self) -> bool {
+        self.service.exited().is_none()
+    }
+
     /// Everything the daemon wrote to stdout and stderr so far.
     pub fn log(&self) -> String {
         self.service.log()

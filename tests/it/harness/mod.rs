@@ -17,6 +17,7 @@ mod points;
 mod service;
 mod store;
 pub mod tls;
+mod tmpfs;
 
 use std::fmt;
 use std::net::TcpListener;
@@ -33,6 +34,7 @@ pub use influx1::Influx1;
 pub use points::{compare_points, parse_line_protocol, FieldValue, Point};
 pub use service::run_with_timeout;
 pub use store::{expected_samples, Sample, Victoria};
+pub use tmpfs::Tmpfs;
 
 /// The daemon connects and subscribes to a local broker well within this.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
