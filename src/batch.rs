@@ -203,7 +203,7 @@ fn dead_letter(
             now,
             topic,
             lines[r.line].1.as_bytes(),
-            &reject,
+            std::slice::from_ref(&reject),
         ))?;
     }
     block(|| d.sync())

@@ -24,13 +24,19 @@ pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 /// Rotated files kept besides the current one: with the default size, 384 MiB of disk at most.
 pub const KEEP_FILES: usize = 5;
 
-/// One rejected message or reading, as the caller hands it in.
+/// Rejects listed one by one in an entry; past this, the entry says how many more there were.
+const MAX_LISTED: usize = 100;
+
+/// One rejected message, as the caller hands it in: one entry per message whatever the number of
+/// its refused readings, so a feed of 87,000 bad stations writes its payload once, not 87,000
+/// times.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Letter<'a> {
     pub at: DateTime<Utc>,
     pub topic: &'a str,
     pub payload: &'a [u8],
-    pub reject: &'a Reject,
+    /// At least one; the first is the entry's `reason` and `detail`.
+    pub rejects: &'a [Reject],
     /// The city and source it is counted under, when known.
     pub city: Option<&'a str>,
     pub source: Option<&'a str>,
@@ -41,13 +47,13 @@ impl<'a> Letter<'a> {
         at: DateTime<Utc>,
         topic: &'a str,
         payload: &'a [u8],
-        reject: &'a Reject,
+        rejects: &'a [Reject],
     ) -> Self {
         Letter {
             at,
             topic,
             payload,
-            reject,
+            rejects,
             city: None,
             source: None,
         }
@@ -64,10 +70,25 @@ struct Entry<'a> {
     payload_base64: Option<String>,
     reason: &'static str,
     detail: &'a str,
+    /// Every reject when there is more than one (the first `MAX_LISTED`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    rejects: Vec<Listed<'a>>,
+    #[serde(skip_serializing_if = "is_zero")]
+    more_rejects: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     city: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     source: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+struct Listed<'a> {
+    reason: &'static str,
+    detail: &'a str,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// How large the store may grow.
@@ -124,6 +145,22 @@ impl DeadLetters {
     /// Appends one entry, not yet durable: call [`DeadLetters::sync`] before releasing anything
     /// that depends on it (an ack, a spool commit). The one way into the store.
     pub(crate) fn append(&mut self, letter: &Letter) -> io::Result<()> {
+        let Some(first) = letter.rejects.first() else {
+            return Ok(());
+        };
+        let listed = if letter.rejects.len() > 1 {
+            letter
+                .rejects
+                .iter()
+                .take(MAX_LISTED)
+                .map(|r| Listed {
+                    reason: r.code.as_str(),
+                    detail: &r.detail,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let text = std::str::from_utf8(letter.payload).ok();
         let entry = Entry {
             time: letter.at.to_rfc3339_opts(SecondsFormat::Millis, true),
@@ -133,8 +170,10 @@ impl DeadLetters {
                 Some(_) => None,
                 None => Some(base64::engine::general_purpose::STANDARD.encode(letter.payload)),
             },
-            reason: letter.reject.code.as_str(),
-            detail: &letter.reject.detail,
+            reason: first.code.as_str(),
+            detail: &first.detail,
+            rejects: listed,
+            more_rejects: letter.rejects.len().saturating_sub(MAX_LISTED),
             city: letter.city,
             source: letter.source,
         };
@@ -265,12 +304,17 @@ mod tests {
         let mut d = DeadLetters::open(dir.path()).unwrap();
         let r = Reject::new(RejectCode::BinaryPayload, "not UTF-8");
         let now = Utc::now();
-        d.append(&Letter::new(now, "a/b", &[0xff, 0x00], &r))
-            .unwrap();
+        d.append(&Letter::new(
+            now,
+            "a/b",
+            &[0xff, 0x00],
+            std::slice::from_ref(&r),
+        ))
+        .unwrap();
         d.append(&Letter {
             city: Some("sf"),
             source: Some("gbfs"),
-            ..Letter::new(now, "a/c", b"{}", &r)
+            ..Letter::new(now, "a/c", b"{}", std::slice::from_ref(&r))
         })
         .unwrap();
         d.sync().unwrap();
@@ -298,8 +342,13 @@ mod tests {
         let mut d = DeadLetters::open_with(dir.path(), limits).unwrap();
         let r = Reject::new(RejectCode::MalformedJson, "x".repeat(100));
         for i in 0..20 {
-            d.append(&Letter::new(Utc::now(), &format!("t/{i}"), b"{", &r))
-                .unwrap();
+            d.append(&Letter::new(
+                Utc::now(),
+                &format!("t/{i}"),
+                b"{",
+                std::slice::from_ref(&r),
+            ))
+            .unwrap();
         }
         let mut names: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -323,5 +372,36 @@ mod tests {
         // the newest entry is in the current file, the one before it in deadletter.1
         let last = read(d.path()).unwrap();
         assert_eq!(last.last().unwrap().as_ref().unwrap().topic, "t/19");
+    }
+
+    #[test]
+    fn a_message_with_many_rejects_is_one_entry_with_its_payload_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = DeadLetters::open(dir.path()).unwrap();
+        let rejects: Vec<Reject> = (0..MAX_LISTED + 5)
+            .map(|i| {
+                Reject::new(
+                    RejectCode::OutOfRange,
+                    format!("station s{i}: -1 is below 0"),
+                )
+            })
+            .collect();
+        let payload = "x".repeat(1000);
+        d.append(&Letter::new(
+            Utc::now(),
+            "sf/baywheels/gbfs/station_status",
+            payload.as_bytes(),
+            &rejects,
+        ))
+        .unwrap();
+        d.sync().unwrap();
+        let text = std::fs::read_to_string(d.path()).unwrap();
+        assert_eq!(text.lines().count(), 1);
+        assert_eq!(text.matches(&payload).count(), 1);
+        let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(v["reason"], "out_of_range");
+        assert_eq!(v["rejects"].as_array().unwrap().len(), MAX_LISTED);
+        assert_eq!(v["more_rejects"], 5);
+        assert_eq!(read(d.path()).unwrap().len(), 1);
     }
 }

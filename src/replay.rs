@@ -146,12 +146,12 @@ pub(crate) async fn run(
                     .reasons
                     .entry(reject.code.as_str().to_string())
                     .or_default() += 1;
-                dead.append(&Letter {
-                    city: rule.and_then(|r| r.city.as_deref()),
-                    source: rule.map(|r| r.source.as_str()),
-                    ..Letter::new(e.time, &msg.topic, &msg.payload, reject)
-                })?;
             }
+            dead.append(&Letter {
+                city: rule.and_then(|r| r.city.as_deref()),
+                source: rule.map(|r| r.source.as_str()),
+                ..Letter::new(e.time, &msg.topic, &msg.payload, &outcome.rejects)
+            })?;
             dead.sync()?;
             match (outcome.readings.is_empty(), outcome.rejects.is_empty()) {
                 (_, true) => summary.accepted += 1,
@@ -219,7 +219,7 @@ mod tests {
                     received,
                     "sf/baywheels/gbfs/station_status",
                     feed.as_bytes(),
-                    &r,
+                    std::slice::from_ref(&r),
                 ))
                 .unwrap();
             }
@@ -237,7 +237,15 @@ mod tests {
             "{s}"
         );
         assert_eq!(s.reasons.get("out_of_range"), Some(&2), "{s}");
-        let again = deadletter::read(&settings.state_dir.join(deadletter::FILE_NAME)).unwrap();
-        assert_eq!(again.len(), 2);
+        // Dead-lettered again as one entry per message, listing both bad stations.
+        let path = settings.state_dir.join(deadletter::FILE_NAME);
+        assert_eq!(deadletter::read(&path).unwrap().len(), 1);
+        let entry: serde_json::Value =
+            serde_json::from_str(std::fs::read_to_string(&path).unwrap().trim()).unwrap();
+        assert_eq!(
+            entry["rejects"].as_array().map(Vec::len),
+            Some(2),
+            "{entry}"
+        );
     }
 }

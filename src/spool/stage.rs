@@ -145,18 +145,16 @@ fn write(n: &Normalised, spool: &mut SpoolWriter, dead: &Mutex<DeadLetters>) -> 
     if !n.rejects.is_empty() {
         let (city, source) = (n.city.as_deref(), n.source.as_deref());
         let mut d = dead.lock().unwrap_or_else(|e| e.into_inner());
-        for reject in &n.rejects {
-            d.append(&Letter {
-                city: Some(city.unwrap_or("unknown")),
-                source: Some(source.unwrap_or("unknown")),
-                ..Letter::new(
-                    n.message.received_at,
-                    &n.message.topic,
-                    &n.message.payload,
-                    reject,
-                )
-            })?;
-        }
+        d.append(&Letter {
+            city: Some(city.unwrap_or("unknown")),
+            source: Some(source.unwrap_or("unknown")),
+            ..Letter::new(
+                n.message.received_at,
+                &n.message.topic,
+                &n.message.payload,
+                &n.rejects,
+            )
+        })?;
     }
     match &n.record {
         Some(record) => spool.append(record),
