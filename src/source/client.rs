@@ -21,6 +21,8 @@ const MAX_OUTGOING_PACKET: usize = 1024 * 1024;
 pub(crate) enum Incoming {
     Connected {
         session_present: bool,
+        /// MQTT 5 CONNACK said Shared Subscription Available = 0 (3.1.1 cannot say).
+        no_shared_subscriptions: bool,
     },
     /// One entry per filter, in order: `None` granted, `Some(reason)` refused.
     Subscribed(Vec<Option<&'static str>>),
@@ -189,6 +191,7 @@ fn from_v4(ev: rumqttc::Event) -> Incoming {
     match ev {
         Event::Incoming(Packet::ConnAck(a)) => Incoming::Connected {
             session_present: a.session_present,
+            no_shared_subscriptions: false,
         },
         Event::Incoming(Packet::SubAck(s)) => Incoming::Subscribed(
             s.return_codes
@@ -217,6 +220,12 @@ fn from_v5(ev: v5::Event) -> Incoming {
     match ev {
         v5::Event::Incoming(Packet::ConnAck(a)) => Incoming::Connected {
             session_present: a.session_present,
+            // Absent means available (MQTT 5 §3.2.2.3.13).
+            no_shared_subscriptions: a
+                .properties
+                .as_ref()
+                .and_then(|p| p.shared_subscription_available)
+                == Some(0),
         },
         v5::Event::Incoming(Packet::SubAck(s)) => {
             Incoming::Subscribed(s.return_codes.iter().map(failure::suback_v5).collect())

@@ -56,6 +56,11 @@ const BAD_LOGIN: &str = "mqtt: broker refused the login: bad username or passwor
 const NOT_AUTHORIZED: &str =
     "mqtt: broker refused the login: not authorized (wrong username or password, or not allowed)";
 
+/// A broker without shared subscriptions: the cause and the fix (CONNACK, SUBACK, DISCONNECT).
+pub(crate) const SHARED_UNSUPPORTED: &str = "mqtt: shared subscriptions not supported by the broker";
+pub(crate) const FIX_SHARED: &str =
+    "mqtt.share_group = \"\" (plain subscriptions, one instance), or a broker with shared subscriptions";
+
 /// CONNACK refusals of MQTT 3.1.1.
 fn connack_v4(code: rumqttc::ConnectReturnCode, detail: String) -> Failure {
     use rumqttc::ConnectReturnCode as C;
@@ -141,6 +146,11 @@ fn disconnect_v5(code: p5::DisconnectReasonCode, detail: String) -> Failure {
             detail,
         ),
         D::TopicFilterInvalid => refused("mqtt: topic filter invalid", "mqtt.topics", detail),
+        D::SharedSubscriptionNotSupported => refused(
+            SHARED_UNSUPPORTED,
+            FIX_SHARED,
+            detail,
+        ),
         D::ReceiveMaximumExceeded => refused(
             "mqtt: receive maximum exceeded",
             "mqtt.max_inflight",
