@@ -100,7 +100,10 @@ fn share_group(group: &str) -> Result<Option<String>, ConfigError> {
             fix,
         ));
     }
-    if let Some(c) = group.chars().find(|c| matches!(c, '/' | '+' | '#') || c.is_control()) {
+    if let Some(c) = group
+        .chars()
+        .find(|c| matches!(c, '/' | '+' | '#') || c.is_control())
+    {
         return Err(err(
             "mqtt.share_group",
             format!("{group:?} contains {c:?}, which a share group name may not"),

@@ -57,7 +57,8 @@ const NOT_AUTHORIZED: &str =
     "mqtt: broker refused the login: not authorized (wrong username or password, or not allowed)";
 
 /// A broker without shared subscriptions: the cause and the fix (CONNACK, SUBACK, DISCONNECT).
-pub(crate) const SHARED_UNSUPPORTED: &str = "mqtt: shared subscriptions not supported by the broker";
+pub(crate) const SHARED_UNSUPPORTED: &str =
+    "mqtt: shared subscriptions not supported by the broker";
 pub(crate) const FIX_SHARED: &str =
     "mqtt.share_group = \"\" (plain subscriptions, one instance), or a broker with shared subscriptions";
 
@@ -146,11 +147,7 @@ fn disconnect_v5(code: p5::DisconnectReasonCode, detail: String) -> Failure {
             detail,
         ),
         D::TopicFilterInvalid => refused("mqtt: topic filter invalid", "mqtt.topics", detail),
-        D::SharedSubscriptionNotSupported => refused(
-            SHARED_UNSUPPORTED,
-            FIX_SHARED,
-            detail,
-        ),
+        D::SharedSubscriptionNotSupported => refused(SHARED_UNSUPPORTED, FIX_SHARED, detail),
         D::ReceiveMaximumExceeded => refused(
             "mqtt: receive maximum exceeded",
             "mqtt.max_inflight",
