@@ -259,6 +259,16 @@ fn a_member_killed_mid_run_and_started_again_under_its_client_id_loses_nothing()
     stack
         .store
         .wait_until_it_holds_many(SELECTOR, &samples(READINGS), SCALE_TIMEOUT);
+    // It came back to its own session: mosquitto kept what it had not acknowledged, and what
+    // the round robin gave it while it was away, for it alone.
+    let back = &members[1];
+    let log = back.daemon.as_ref().expect("running").log();
+    assert!(log.contains("session_present=true"), "{log}");
+    let after = back.received();
+    eprintln!(
+        "member b killed with {killed_at} of {READINGS} published; took {after} after its restart"
+    );
+    assert!(after > 0.0, "the restarted member took nothing");
 }
 
 #[test]
