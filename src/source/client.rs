@@ -240,3 +240,50 @@ fn from_v5(ev: v5::Event) -> Incoming {
         _ => Incoming::Other,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connack(shared: Option<u8>) -> v5::Event {
+        let properties = shared.map(|s| p5::ConnAckProperties {
+            session_expiry_interval: None,
+            receive_max: None,
+            max_qos: None,
+            retain_available: None,
+            max_packet_size: None,
+            assigned_client_identifier: None,
+            topic_alias_max: None,
+            reason_string: None,
+            user_properties: Vec::new(),
+            wildcard_subscription_available: None,
+            subscription_identifiers_available: None,
+            shared_subscription_available: Some(s),
+            server_keep_alive: None,
+            response_information: None,
+            server_reference: None,
+            authentication_method: None,
+            authentication_data: None,
+        });
+        v5::Event::Incoming(p5::Packet::ConnAck(p5::ConnAck {
+            session_present: true,
+            code: p5::ConnectReturnCode::Success,
+            properties,
+        }))
+    }
+
+    #[test]
+    fn a_connack_says_whether_shared_subscriptions_are_available() {
+        let unavailable = |ev| match from_v5(ev) {
+            Incoming::Connected {
+                no_shared_subscriptions,
+                session_present: true,
+            } => no_shared_subscriptions,
+            other => panic!("{other:?}"),
+        };
+        // Absent (mosquitto sends none) means available.
+        assert!(!unavailable(connack(None)));
+        assert!(!unavailable(connack(Some(1))));
+        assert!(unavailable(connack(Some(0))));
+    }
+}

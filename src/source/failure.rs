@@ -124,9 +124,9 @@ pub(crate) fn suback_v5(code: &p5::SubscribeReasonCode) -> Option<&'static str> 
         S::WildcardSubscriptionsNotSupported => {
             Some("mqtt: subscription refused: wildcards not supported by the broker")
         }
-        S::SharedSubscriptionsNotSupported => {
-            Some("mqtt: subscription refused: shared subscriptions not supported")
-        }
+        S::SharedSubscriptionsNotSupported => Some(
+            "mqtt: subscription refused: shared subscriptions not supported (mqtt.share_group)",
+        ),
         _ => Some("mqtt: subscription refused"),
     }
 }
@@ -332,6 +332,13 @@ mod tests {
         );
         let f = disconnect_v5(p5::DisconnectReasonCode::SessionTakenOver, String::new());
         assert!(f.fix.contains("mqtt.client_id"));
+        let f = disconnect_v5(
+            p5::DisconnectReasonCode::SharedSubscriptionNotSupported,
+            String::new(),
+        );
+        assert!(f.refused && f.fix.contains("mqtt.share_group"), "{f:?}");
+        let refused = suback_v5(&p5::SubscribeReasonCode::SharedSubscriptionsNotSupported);
+        assert!(refused.is_some_and(|r| r.contains("mqtt.share_group")));
     }
 
     #[test]
