@@ -93,10 +93,28 @@ pub struct MqttSettings {
     /// 3.1.1 the broker's max_inflight_messages decides.
     pub max_inflight: NonZeroU16,
     pub topics: Vec<String>,
+    /// Shared subscription group (`$share/<group>/<filter>`): the broker splits the messages of
+    /// every filter among the instances of the group. None = plain subscriptions.
+    pub share_group: Option<String>,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
     /// Subscriptions silent for longer than this are reported ("connected but silent").
     pub expected_interval: Vec<(String, Duration)>,
+}
+
+impl MqttSettings {
+    /// The filters sent in SUBSCRIBE: `mqtt.topics`, each as `$share/<group>/<filter>` when a
+    /// share group is set. Messages still arrive on their plain topics.
+    pub fn subscriptions(&self) -> Vec<String> {
+        match &self.share_group {
+            None => self.topics.clone(),
+            Some(g) => self
+                .topics
+                .iter()
+                .map(|t| format!("$share/{g}/{t}"))
+                .collect(),
+        }
+    }
 }
 
 /// Credentials and TLS of the broker connection: re-read on SIGHUP and used from the next
@@ -276,6 +294,7 @@ pub fn restart_only_changes(old: &Settings, new: &Settings) -> Vec<&'static str>
         ),
         ("mqtt.max_inflight", om.max_inflight != nm.max_inflight),
         ("mqtt.topics", om.topics != nm.topics),
+        ("mqtt.share_group", om.share_group != nm.share_group),
         (
             "mqtt.reconnect_min / reconnect_max",
             (om.reconnect_min, om.reconnect_max) != (nm.reconnect_min, nm.reconnect_max),
@@ -371,6 +390,42 @@ mod tests {
         let text = text.replacen("mqtt://127.0.0.1:1883", "mqtts://127.0.0.1", 1);
         let e = Settings::from_toml(&text).unwrap_err();
         assert!(e.problem.contains("cannot read /nonexistent/ca.pem"), "{e}");
+    }
+
+    #[test]
+    fn a_share_group_prefixes_every_filter_and_a_bad_one_is_named() {
+        let plain = Settings::from_toml(DEFAULT_CONFIG).unwrap();
+        assert_eq!(plain.mqtt.share_group, None);
+        assert_eq!(plain.mqtt.subscriptions(), plain.mqtt.topics);
+        let with = |group: &str| {
+            let line = format!("share_group = {group:?}");
+            Settings::from_toml(&DEFAULT_CONFIG.replacen("share_group = \"\"", &line, 1))
+        };
+        let shared = with("urbanflux").unwrap();
+        assert_eq!(shared.mqtt.share_group.as_deref(), Some("urbanflux"));
+        let subs = shared.mqtt.subscriptions();
+        assert_eq!(subs.len(), shared.mqtt.topics.len());
+        assert_eq!(subs[0], "$share/urbanflux/paris/#");
+        assert!(subs
+            .iter()
+            .zip(&shared.mqtt.topics)
+            .all(|(s, t)| *s == format!("$share/urbanflux/{t}")));
+        for bad in ["a/b", "a+", "#", " ", " urbanflux"] {
+            let e = with(bad).unwrap_err();
+            assert_eq!(e.key, "mqtt.share_group", "{bad:?}: {e}");
+        }
+        // 3.1.1 keeps it: mosquitto, EMQX and HiveMQ share for 3.1.1 clients too.
+        let text = DEFAULT_CONFIG
+            .replacen("share_group = \"\"", "share_group = \"g\"", 1)
+            .replacen("protocol = \"5\"", "protocol = \"3.1.1\"", 1);
+        let s = Settings::from_toml(&text).unwrap();
+        assert_eq!(s.mqtt.subscriptions()[1], "$share/g/sf/#");
+        let mut moved = plain.clone();
+        moved.mqtt.share_group = Some("urbanflux".into());
+        assert_eq!(
+            restart_only_changes(&plain, &moved),
+            vec!["mqtt.share_group"]
+        );
     }
 
     #[test]

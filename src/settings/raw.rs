@@ -62,6 +62,10 @@ pub(super) struct RawMqtt {
     #[serde(default = "default_max_inflight")]
     pub(super) max_inflight: u32,
     pub(super) topics: Vec<String>,
+    /// Shared subscription group: every filter is subscribed as `$share/<group>/<filter>`;
+    /// empty = plain subscriptions.
+    #[serde(default)]
+    pub(super) share_group: String,
     #[serde(default = "default_reconnect_min")]
     pub(super) reconnect_min: String,
     #[serde(default = "default_reconnect_max")]

@@ -85,6 +85,34 @@ pub(super) fn parse_mqtt_url(url: &str) -> Result<(String, u16, bool), ConfigErr
     Ok((host.to_string(), port, tls))
 }
 
+/// `mqtt.share_group`: empty is no group; otherwise a ShareName as MQTT 5 defines it (no `/`,
+/// `+` or `#`), and not blank. Allowed with 3.1.1 too: mosquitto, EMQX and HiveMQ accept
+/// `$share/` from 3.1.1 clients.
+fn share_group(group: &str) -> Result<Option<String>, ConfigError> {
+    if group.is_empty() {
+        return Ok(None);
+    }
+    let fix = "use a plain name such as \"urbanflux\" (the same in every instance of the group), or \"\" for plain subscriptions";
+    if group.trim().is_empty() || group.trim() != group {
+        return Err(err(
+            "mqtt.share_group",
+            format!("{group:?} is blank or has leading or trailing spaces"),
+            fix,
+        ));
+    }
+    if let Some(c) = group
+        .chars()
+        .find(|c| matches!(c, '/' | '+' | '#') || c.is_control())
+    {
+        return Err(err(
+            "mqtt.share_group",
+            format!("{group:?} contains {c:?}, which a share group name may not"),
+            fix,
+        ));
+    }
+    Ok(Some(group.to_string()))
+}
+
 /// The host of an http(s) URL is this machine: a secret sent there in clear stays on it.
 fn is_loopback(url: &str) -> bool {
     let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
@@ -149,6 +177,7 @@ impl Raw {
         for t in &self.mqtt.topics {
             check_filter("mqtt.topics", t)?;
         }
+        let share_group = share_group(&self.mqtt.share_group)?;
         let max_inflight = u16::try_from(self.mqtt.max_inflight)
             .ok()
             .and_then(NonZeroU16::new)
@@ -325,6 +354,7 @@ impl Raw {
                 session_expiry,
                 max_inflight,
                 topics: self.mqtt.topics,
+                share_group,
                 reconnect_min,
                 reconnect_max,
                 expected_interval,

@@ -21,6 +21,8 @@ const MAX_OUTGOING_PACKET: usize = 1024 * 1024;
 pub(crate) enum Incoming {
     Connected {
         session_present: bool,
+        /// MQTT 5 CONNACK said Shared Subscription Available = 0 (3.1.1 cannot say).
+        no_shared_subscriptions: bool,
     },
     /// One entry per filter, in order: `None` granted, `Some(reason)` refused.
     Subscribed(Vec<Option<&'static str>>),
@@ -189,6 +191,7 @@ fn from_v4(ev: rumqttc::Event) -> Incoming {
     match ev {
         Event::Incoming(Packet::ConnAck(a)) => Incoming::Connected {
             session_present: a.session_present,
+            no_shared_subscriptions: false,
         },
         Event::Incoming(Packet::SubAck(s)) => Incoming::Subscribed(
             s.return_codes
@@ -217,6 +220,12 @@ fn from_v5(ev: v5::Event) -> Incoming {
     match ev {
         v5::Event::Incoming(Packet::ConnAck(a)) => Incoming::Connected {
             session_present: a.session_present,
+            // Absent means available (MQTT 5 §3.2.2.3.13).
+            no_shared_subscriptions: a
+                .properties
+                .as_ref()
+                .and_then(|p| p.shared_subscription_available)
+                == Some(0),
         },
         v5::Event::Incoming(Packet::SubAck(s)) => {
             Incoming::Subscribed(s.return_codes.iter().map(failure::suback_v5).collect())
@@ -229,5 +238,52 @@ fn from_v5(ev: v5::Event) -> Incoming {
         },
         v5::Event::Outgoing(Outgoing::Disconnect) => Incoming::DisconnectSent,
         _ => Incoming::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connack(shared: Option<u8>) -> v5::Event {
+        let properties = shared.map(|s| p5::ConnAckProperties {
+            session_expiry_interval: None,
+            receive_max: None,
+            max_qos: None,
+            retain_available: None,
+            max_packet_size: None,
+            assigned_client_identifier: None,
+            topic_alias_max: None,
+            reason_string: None,
+            user_properties: Vec::new(),
+            wildcard_subscription_available: None,
+            subscription_identifiers_available: None,
+            shared_subscription_available: Some(s),
+            server_keep_alive: None,
+            response_information: None,
+            server_reference: None,
+            authentication_method: None,
+            authentication_data: None,
+        });
+        v5::Event::Incoming(p5::Packet::ConnAck(p5::ConnAck {
+            session_present: true,
+            code: p5::ConnectReturnCode::Success,
+            properties,
+        }))
+    }
+
+    #[test]
+    fn a_connack_says_whether_shared_subscriptions_are_available() {
+        let unavailable = |ev| match from_v5(ev) {
+            Incoming::Connected {
+                no_shared_subscriptions,
+                session_present: true,
+            } => no_shared_subscriptions,
+            other => panic!("{other:?}"),
+        };
+        // Absent (mosquitto sends none) means available.
+        assert!(!unavailable(connack(None)));
+        assert!(!unavailable(connack(Some(1))));
+        assert!(unavailable(connack(Some(0))));
     }
 }

@@ -56,6 +56,12 @@ const BAD_LOGIN: &str = "mqtt: broker refused the login: bad username or passwor
 const NOT_AUTHORIZED: &str =
     "mqtt: broker refused the login: not authorized (wrong username or password, or not allowed)";
 
+/// A broker without shared subscriptions: the cause and the fix (CONNACK, SUBACK, DISCONNECT).
+pub(crate) const SHARED_UNSUPPORTED: &str =
+    "mqtt: shared subscriptions not supported by the broker";
+pub(crate) const FIX_SHARED: &str =
+    "mqtt.share_group = \"\" (plain subscriptions, one instance), or a broker with shared subscriptions";
+
 /// CONNACK refusals of MQTT 3.1.1.
 fn connack_v4(code: rumqttc::ConnectReturnCode, detail: String) -> Failure {
     use rumqttc::ConnectReturnCode as C;
@@ -118,9 +124,9 @@ pub(crate) fn suback_v5(code: &p5::SubscribeReasonCode) -> Option<&'static str> 
         S::WildcardSubscriptionsNotSupported => {
             Some("mqtt: subscription refused: wildcards not supported by the broker")
         }
-        S::SharedSubscriptionsNotSupported => {
-            Some("mqtt: subscription refused: shared subscriptions not supported")
-        }
+        S::SharedSubscriptionsNotSupported => Some(
+            "mqtt: subscription refused: shared subscriptions not supported (mqtt.share_group)",
+        ),
         _ => Some("mqtt: subscription refused"),
     }
 }
@@ -141,6 +147,7 @@ fn disconnect_v5(code: p5::DisconnectReasonCode, detail: String) -> Failure {
             detail,
         ),
         D::TopicFilterInvalid => refused("mqtt: topic filter invalid", "mqtt.topics", detail),
+        D::SharedSubscriptionNotSupported => refused(SHARED_UNSUPPORTED, FIX_SHARED, detail),
         D::ReceiveMaximumExceeded => refused(
             "mqtt: receive maximum exceeded",
             "mqtt.max_inflight",
@@ -325,6 +332,13 @@ mod tests {
         );
         let f = disconnect_v5(p5::DisconnectReasonCode::SessionTakenOver, String::new());
         assert!(f.fix.contains("mqtt.client_id"));
+        let f = disconnect_v5(
+            p5::DisconnectReasonCode::SharedSubscriptionNotSupported,
+            String::new(),
+        );
+        assert!(f.refused && f.fix.contains("mqtt.share_group"), "{f:?}");
+        let refused = suback_v5(&p5::SubscribeReasonCode::SharedSubscriptionsNotSupported);
+        assert!(refused.is_some_and(|r| r.contains("mqtt.share_group")));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::client::{self, Client, Connection, Incoming};
-pub(crate) use super::failure::Failure;
+pub(crate) use super::failure::{Failure, FIX_SHARED, SHARED_UNSUPPORTED};
 use crate::ack::{Ack, AckToken, Acker};
 use crate::model::{Delivery, Message};
 use crate::retry::Backoff;
@@ -185,6 +185,10 @@ pub(crate) async fn run(
     let mut deliveries = Some(deliveries);
     let mut pending_subacks = 0usize;
     let mut announced_ready = false;
+    // What SUBSCRIBE carries (`$share/<group>/<filter>` in a share group). Publishes arrive on
+    // their plain topics, so silence is matched against the plain filters of expected_interval,
+    // and judged per instance: each sees only its share of the group's messages.
+    let subscriptions = settings.subscriptions();
     let mut silence = Silence::new(&settings.expected_interval);
     let mut silence_check = tokio::time::interval(SILENCE_CHECK);
 
@@ -210,22 +214,31 @@ pub(crate) async fn run(
             },
         };
         match event {
-            Ok(Incoming::Connected { session_present }) => {
+            Ok(Incoming::Connected {
+                session_present,
+                no_shared_subscriptions,
+            }) => {
                 telemetry.mqtt_connected(
                     session_present,
                     &settings.host,
                     settings.port,
                     settings.protocol.as_str(),
                 );
+                if no_shared_subscriptions && settings.share_group.is_some() {
+                    // Subscribing anyway would be a protocol error: the broker would hang up
+                    // (0x9E) on every attempt. Stay connected and not ready, saying why.
+                    telemetry.shared_subscriptions_unavailable();
+                    continue;
+                }
                 // Subscribe on every ConnAck: a broker that lost our session forgets them.
                 pending_subacks = 1;
-                if let Err(e) = client.try_subscribe_all(&settings.topics) {
+                if let Err(e) = client.try_subscribe_all(&subscriptions) {
                     telemetry.subscribe_not_queued(&e);
                 }
             }
             Ok(Incoming::Subscribed(results)) => {
                 let mut refused = false;
-                for (result, topic) in results.iter().zip(&settings.topics) {
+                for (result, topic) in results.iter().zip(&subscriptions) {
                     if let Some(reason) = result {
                         refused = true;
                         telemetry.subscription_refused(topic, reason);
@@ -235,7 +248,7 @@ pub(crate) async fn run(
                 telemetry.health.set_subscribed(!refused);
                 if pending_subacks == 0 && !refused && !announced_ready {
                     announced_ready = true;
-                    telemetry.mqtt_ready(&settings.topics);
+                    telemetry.mqtt_ready(&subscriptions);
                     let _ = events.send(SourceEvent::Ready);
                 }
             }

@@ -101,6 +101,19 @@ impl Telemetry {
         error!(topic = %filter, reason, "broker refused the subscription (check its ACLs)");
     }
 
+    /// The broker said at CONNACK that it has no shared subscriptions, and mqtt.share_group is
+    /// set: nothing is subscribed, `/readyz` names the cause until the configuration changes.
+    pub(crate) fn shared_subscriptions_unavailable(&self) {
+        use crate::source::mqtt::{FIX_SHARED, SHARED_UNSUPPORTED};
+        self.health.set_subscribed(false);
+        self.health.set_mqtt_problem(Some(SHARED_UNSUPPORTED));
+        error!(
+            cause = SHARED_UNSUPPORTED,
+            fix = FIX_SHARED,
+            "broker has no shared subscriptions; nothing subscribed; fix: {FIX_SHARED}"
+        );
+    }
+
     /// Every subscription acknowledged: the first time, the daemon is ready.
     pub(crate) fn mqtt_ready(&self, topics: &[String]) {
         info!(topics = ?topics, "urbanflux ready");

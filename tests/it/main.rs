@@ -17,5 +17,6 @@ mod normalisation;
 mod operations;
 mod pipeline;
 mod real_payloads;
+mod scale;
 mod telemetry;
 mod tls;

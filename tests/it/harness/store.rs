@@ -183,6 +183,22 @@ impl Victoria {
         );
     }
 
+    /// [`Victoria::wait_until_it_holds`] for tens of thousands of samples: the same comparison
+    /// (copies with equal values fold into one) by key, in n log n, and a summary when it fails.
+    pub fn wait_until_it_holds_many(&self, selector: &str, expected: &[Sample], timeout: Duration) {
+        eventually(
+            timeout,
+            &format!(
+                "the store to hold exactly the {} expected samples of {selector}",
+                expected.len()
+            ),
+            || match many_diff(expected, &flatten(self.export(selector))) {
+                None => Ok(()),
+                Some(summary) => Err(summary),
+            },
+        );
+    }
+
     /// Asserts that the store holds exactly `expected` for these measurements, as
     /// [`Victoria::wait_until_it_holds`] waits for it, then looks once more after a short settle
     /// time.
@@ -332,6 +348,52 @@ fn list_samples(samples: &[Sample]) -> String {
         .map(|s| format!("  {s}"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Lines of each kind a [`many_diff`] summary lists.
+const MANY_DIFF_SHOWN: usize = 10;
+
+/// None when `stored` (copies with equal values folded) is exactly `expected`; otherwise how
+/// many are missing, unexpected or of another value, with the first few of each.
+fn many_diff(expected: &[Sample], stored: &[Sample]) -> Option<String> {
+    let mut held: BTreeMap<SampleKey, Vec<f64>> = BTreeMap::new();
+    for s in stored {
+        let values = held.entry(key_of(s)).or_default();
+        if !values.iter().any(|v| values_equal(*v, s.value)) {
+            values.push(s.value);
+        }
+    }
+    let (mut missing, mut wrong) = (Vec::new(), Vec::new());
+    for want in expected {
+        match held.remove(&key_of(want)) {
+            None => missing.push(want.to_string()),
+            Some(values) if values.len() == 1 && values_equal(values[0], want.value) => {}
+            Some(values) => wrong.push(format!("{want} stored as {values:?}")),
+        }
+    }
+    let unexpected: Vec<String> = held
+        .iter()
+        .map(|((m, l, t), v)| format!("{m}{l:?} @ {t}: {v:?}"))
+        .collect();
+    if missing.is_empty() && wrong.is_empty() && unexpected.is_empty() {
+        return None;
+    }
+    let part = |name: &str, lines: &[String]| {
+        let shown: Vec<&str> = lines
+            .iter()
+            .take(MANY_DIFF_SHOWN)
+            .map(|l| l.as_str())
+            .collect();
+        format!("{} {name}:\n  {}\n", lines.len(), shown.join("\n  "))
+    };
+    Some(format!(
+        "{} stored samples for {} expected\n{}{}{}",
+        stored.len(),
+        expected.len(),
+        part("missing", &missing),
+        part("with another value", &wrong),
+        part("not expected", &unexpected)
+    ))
 }
 
 /// What differs between the expected samples and the stored ones.
