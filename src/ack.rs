@@ -15,6 +15,8 @@ pub trait Acker: Send + Sync {
 pub struct AckToken {
     pub pkid: u16,
     pub qos: u8,
+    /// The connection the message came in on (its packet id means nothing on another).
+    pub generation: u64,
 }
 
 pub struct Ack {

@@ -12,6 +12,8 @@ use crate::ack::Ack;
 pub(crate) struct Delivery {
     pub message: Message,
     pub ack: Ack,
+    /// A QoS 0 message's share of `mqtt.queue_bytes`, given back once it is spooled.
+    pub queued: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// One message after normalise, on its way into the spool (normalise -> spool).
@@ -25,6 +27,8 @@ pub(crate) struct Normalised {
     pub city: Option<String>,
     pub source: Option<String>,
     pub ack: Ack,
+    /// See [`Delivery::queued`]: held until the spool stage is done with the message.
+    pub queued: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// One message's readings as the spool keeps them (spool -> batch).

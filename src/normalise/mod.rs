@@ -54,8 +54,7 @@ impl Normaliser {
             return Outcome::rejected(Reject::new(
                 RejectCode::PayloadTooLarge,
                 format!(
-                    "payload is {} bytes, the limit (limits.max_payload_bytes) is {}",
-                    msg.payload.len(),
+                    "payload is over the limit of {} bytes (limits.max_payload_bytes)",
                     self.max_payload_bytes
                 ),
             ));

@@ -28,7 +28,12 @@ pub(crate) async fn run(
     telemetry: Arc<Telemetry>,
 ) {
     let mut normaliser = rules.borrow_and_update().clone();
-    while let Some(Delivery { message, ack }) = deliveries.recv().await {
+    while let Some(Delivery {
+        message,
+        ack,
+        queued,
+    }) = deliveries.recv().await
+    {
         if rules.has_changed().unwrap_or(false) {
             normaliser = rules.borrow_and_update().clone();
             telemetry.rules_changed();
@@ -76,6 +81,7 @@ pub(crate) async fn run(
             city,
             source,
             ack,
+            queued,
         };
         if out.send(n).await.is_err() {
             return;

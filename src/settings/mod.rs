@@ -89,6 +89,12 @@ pub struct MqttSettings {
     pub keep_alive: Duration,
     /// MQTT 5: how long the broker keeps our session and its queue while we are away.
     pub session_expiry: Duration,
+    /// QoS 0 messages waiting for the pipeline at most, in bytes (payload and topic).
+    pub queue_bytes: u64,
+    /// MQTT 5 Maximum Packet Size we send: the broker sends nothing larger.
+    pub max_packet_bytes: u32,
+    /// limits.max_payload_bytes, for the source: a larger payload is copied only that far.
+    pub max_payload_bytes: usize,
     /// How many unacknowledged messages we hold at most: our Receive Maximum with MQTT 5; with
     /// 3.1.1 the broker's max_inflight_messages decides.
     pub max_inflight: NonZeroU16,
@@ -293,6 +299,11 @@ pub fn restart_only_changes(old: &Settings, new: &Settings) -> Vec<&'static str>
             om.session_expiry != nm.session_expiry,
         ),
         ("mqtt.max_inflight", om.max_inflight != nm.max_inflight),
+        ("mqtt.queue_bytes", om.queue_bytes != nm.queue_bytes),
+        (
+            "mqtt.max_packet_bytes",
+            om.max_packet_bytes != nm.max_packet_bytes,
+        ),
         ("mqtt.topics", om.topics != nm.topics),
         ("mqtt.share_group", om.share_group != nm.share_group),
         (

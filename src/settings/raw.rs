@@ -47,6 +47,12 @@ pub(super) struct RawMqtt {
     /// MQTT 5: how long the broker keeps our session while we are away.
     #[serde(default = "default_session_expiry")]
     pub(super) session_expiry: String,
+    /// Bytes of QoS 0 messages waiting for the pipeline; beyond, QoS 0 messages are dropped.
+    #[serde(default = "default_queue_bytes")]
+    pub(super) queue_bytes: String,
+    /// MQTT 5 Maximum Packet Size sent to the broker; "" = limits.max_payload_bytes + 64KiB.
+    #[serde(default)]
+    pub(super) max_packet_bytes: String,
     #[serde(default)]
     pub(super) tls: RawTls,
     #[serde(default = "default_client_id")]
@@ -88,6 +94,9 @@ pub(super) struct RawTls {
 
 fn default_protocol() -> String {
     "5".into()
+}
+fn default_queue_bytes() -> String {
+    "16MiB".into()
 }
 fn default_session_expiry() -> String {
     "1d".into()

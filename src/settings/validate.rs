@@ -154,6 +154,31 @@ impl Raw {
                 "e.g. session_expiry = \"1d\"",
             ));
         }
+        let queue_bytes = bytes("mqtt.queue_bytes", &self.mqtt.queue_bytes)?;
+        if queue_bytes < 64 * 1024 {
+            return Err(err(
+                "mqtt.queue_bytes",
+                "is below 64KiB",
+                "give the QoS 0 queue room for a burst, e.g. \"16MiB\"",
+            ));
+        }
+        // Room for the largest payload plus topic and properties.
+        let max_packet_bytes = match self.mqtt.max_packet_bytes.trim() {
+            "" => self.limits.max_payload_bytes as u64 + 64 * 1024,
+            text => bytes("mqtt.max_packet_bytes", text)?,
+        };
+        if max_packet_bytes <= self.limits.max_payload_bytes as u64
+            || max_packet_bytes > u64::from(u32::MAX)
+        {
+            return Err(err(
+                "mqtt.max_packet_bytes",
+                format!(
+                    "must be above limits.max_payload_bytes ({}) and fit in 32 bits",
+                    self.limits.max_payload_bytes
+                ),
+                "leave it empty (limits.max_payload_bytes + 64KiB) or raise it",
+            ));
+        }
         let mqtt_tls = super::tls::load("mqtt.tls", &self.mqtt.tls, "mqtt-client-key")?;
         if !tls_on && !mqtt_tls.is_empty() {
             return Err(err(
@@ -352,6 +377,9 @@ impl Raw {
                 },
                 keep_alive: duration("mqtt.keep_alive", &self.mqtt.keep_alive)?,
                 session_expiry,
+                queue_bytes,
+                max_packet_bytes: max_packet_bytes as u32,
+                max_payload_bytes: self.limits.max_payload_bytes,
                 max_inflight,
                 topics: self.mqtt.topics,
                 share_group,

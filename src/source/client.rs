@@ -10,8 +10,10 @@ use rumqttc::{Outgoing, QoS, TlsConfiguration, Transport};
 use super::failure::{self, Failure};
 use crate::settings::{MqttConnect, MqttSettings, Protocol};
 
-/// Largest packet we accept from the broker. Far above limits.max_payload_bytes on purpose: an
-/// oversized payload must arrive to be dead-lettered, or it would break the connection forever.
+/// Largest packet an MQTT 3.1.1 broker may send us (3.1.1 cannot tell a broker our limit). Far
+/// above limits.max_payload_bytes on purpose: an oversized payload must arrive to be
+/// dead-lettered, or the broker would resend it after every reconnect and wedge the session. With
+/// MQTT 5 the broker is told `mqtt.max_packet_bytes` and sends nothing larger.
 const MAX_INCOMING_PACKET: usize = 16 * 1024 * 1024;
 /// Largest packet we send (PUBACKs, SUBSCRIBE): small.
 const MAX_OUTGOING_PACKET: usize = 1024 * 1024;
@@ -28,7 +30,11 @@ pub(crate) enum Incoming {
     Subscribed(Vec<Option<&'static str>>),
     Publish {
         topic: String,
+        /// At most the `keep` bytes `Connection::poll` was given: an oversized payload is
+        /// never copied whole.
         payload: Vec<u8>,
+        /// The payload's real length.
+        size: usize,
         pkid: u16,
         qos: u8,
     },
@@ -79,7 +85,7 @@ pub(crate) fn new(
                 .set_session_expiry_interval(Some(expiry))
                 .set_receive_maximum(Some(s.max_inflight.get()))
                 .set_manual_acks(true)
-                .set_max_packet_size(Some(MAX_INCOMING_PACKET as u32))
+                .set_max_packet_size(Some(s.max_packet_bytes))
                 .set_transport(transport);
             if let Some((user, pass)) = &connect.credentials {
                 o.set_credentials(user, pass.expose());
@@ -99,9 +105,9 @@ fn transport(connect: &MqttConnect) -> Result<Transport, Failure> {
     }
 }
 
-impl Client {
+impl super::acks::Puback for Client {
     /// Queues the PUBACK of `pkid` without waiting.
-    pub(crate) fn try_ack(&self, pkid: u16) -> Result<(), String> {
+    fn try_ack(&self, pkid: u16) -> Result<(), String> {
         match self {
             Client::V4(c) => {
                 let mut p = rumqttc::Publish::new("", QoS::AtLeastOnce, Vec::new());
@@ -120,7 +126,9 @@ impl Client {
             }
         }
     }
+}
 
+impl Client {
     pub(crate) fn try_subscribe_all(&self, topics: &[String]) -> Result<(), String> {
         match self {
             Client::V4(c) => c
@@ -150,14 +158,15 @@ impl Client {
 
 impl Connection {
     /// The next event, or why the connection failed (the next call reconnects).
-    pub(crate) async fn poll(&mut self) -> Result<Incoming, Failure> {
+    /// A publish's payload is copied only up to `keep` bytes.
+    pub(crate) async fn poll(&mut self, keep: usize) -> Result<Incoming, Failure> {
         match self {
             Connection::V4(l) => match l.poll().await {
-                Ok(ev) => Ok(from_v4(ev)),
+                Ok(ev) => Ok(from_v4(ev, keep)),
                 Err(e) => Err(failure::v4(&e)),
             },
             Connection::V5(l) => match l.poll().await {
-                Ok(ev) => Ok(from_v5(ev)),
+                Ok(ev) => Ok(from_v5(ev, keep)),
                 Err(e) => Err(failure::v5(&e)),
             },
         }
@@ -186,7 +195,7 @@ impl Connection {
     }
 }
 
-fn from_v4(ev: rumqttc::Event) -> Incoming {
+fn from_v4(ev: rumqttc::Event, keep: usize) -> Incoming {
     use rumqttc::{Event, Packet, SubscribeReasonCode};
     match ev {
         Event::Incoming(Packet::ConnAck(a)) => Incoming::Connected {
@@ -206,7 +215,8 @@ fn from_v4(ev: rumqttc::Event) -> Incoming {
         ),
         Event::Incoming(Packet::Publish(p)) => Incoming::Publish {
             topic: p.topic,
-            payload: p.payload.to_vec(),
+            payload: p.payload[..p.payload.len().min(keep)].to_vec(),
+            size: p.payload.len(),
             pkid: p.pkid,
             qos: p.qos as u8,
         },
@@ -215,7 +225,7 @@ fn from_v4(ev: rumqttc::Event) -> Incoming {
     }
 }
 
-fn from_v5(ev: v5::Event) -> Incoming {
+fn from_v5(ev: v5::Event, keep: usize) -> Incoming {
     use p5::Packet;
     match ev {
         v5::Event::Incoming(Packet::ConnAck(a)) => Incoming::Connected {
@@ -232,7 +242,8 @@ fn from_v5(ev: v5::Event) -> Incoming {
         }
         v5::Event::Incoming(Packet::Publish(p)) => Incoming::Publish {
             topic: String::from_utf8_lossy(&p.topic).into_owned(),
-            payload: p.payload.to_vec(),
+            payload: p.payload[..p.payload.len().min(keep)].to_vec(),
+            size: p.payload.len(),
             pkid: p.pkid,
             qos: p.qos as u8,
         },
@@ -274,7 +285,7 @@ mod tests {
 
     #[test]
     fn a_connack_says_whether_shared_subscriptions_are_available() {
-        let unavailable = |ev| match from_v5(ev) {
+        let unavailable = |ev| match from_v5(ev, 0) {
             Incoming::Connected {
                 no_shared_subscriptions,
                 session_present: true,

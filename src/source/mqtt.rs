@@ -11,11 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use super::client::{self, Client, Connection, Incoming};
+use super::acks::Acks;
+use super::client::{self, Connection, Incoming};
 pub(crate) use super::failure::{Failure, FIX_SHARED, SHARED_UNSUPPORTED};
 use crate::ack::{Ack, AckToken, Acker};
 use crate::model::{Delivery, Message};
@@ -70,20 +71,10 @@ impl Silence {
 /// How long a clean disconnect may take at shutdown.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
 
-struct ClientAcker(Client, Arc<Telemetry>);
-
-impl Acker for ClientAcker {
-    fn ack(&self, token: AckToken) {
-        if token.qos == 0 {
-            return;
-        }
-        // The request channel holds more than the inflight window, so this does not fill up;
-        // if it ever did, the message is redelivered later: a duplicate, never a loss.
-        if let Err(e) = self.0.try_ack(token.pkid) {
-            self.1.puback_not_queued(token.pkid, &e);
-        }
-    }
-}
+/// How often PUBACKs that found the request channel full are tried again.
+const ACK_RETRY: Duration = Duration::from_millis(20);
+/// What a queued message costs besides its payload and topic (the Delivery, the Message).
+const QUEUED_OVERHEAD: usize = 256;
 
 /// Events the pipeline cares about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +92,7 @@ type Polled = Result<Incoming, (Failure, Duration)>;
 /// sent or when the source loop is gone.
 fn spawn_poller(
     mut connection: Connection,
+    keep: usize,
     mut backoff: Backoff,
     mut connect: watch::Receiver<MqttConnect>,
     telemetry: Arc<Telemetry>,
@@ -108,7 +100,7 @@ fn spawn_poller(
     let (tx, rx) = mpsc::channel(256);
     tokio::spawn(async move {
         loop {
-            match connection.poll().await {
+            match connection.poll(keep).await {
                 Ok(event) => {
                     let done = matches!(event, Incoming::DisconnectSent);
                     if matches!(event, Incoming::Connected { .. }) {
@@ -180,8 +172,19 @@ pub(crate) async fn run(
         }
     };
     let backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
-    let mut polled = spawn_poller(connection, backoff, connect, telemetry.clone());
-    let acker: Arc<dyn Acker> = Arc::new(ClientAcker(client.clone(), telemetry.clone()));
+    // One byte over the limit is enough for normalise to refuse the payload as too large.
+    let keep = settings.max_payload_bytes + 1;
+    let mut polled = spawn_poller(connection, keep, backoff, connect, telemetry.clone());
+    let acks = Arc::new(Acks::new(client.clone(), telemetry.clone()));
+    let acker: Arc<dyn Acker> = acks.clone();
+    let mut ack_retry = tokio::time::interval(ACK_RETRY);
+    // QoS 0 messages waiting for the pipeline, in bytes: past it they are dropped (QoS 1 is
+    // bounded by the inflight window instead, and never dropped).
+    let queue = Arc::new(Semaphore::new(
+        usize::try_from(settings.queue_bytes)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS),
+    ));
     let mut deliveries = Some(deliveries);
     let mut pending_subacks = 0usize;
     let mut announced_ready = false;
@@ -202,6 +205,11 @@ pub(crate) async fn run(
                 deliveries = None;
                 continue;
             }
+            // PUBACKs that found the request channel full go now, in order.
+            _ = ack_retry.tick(), if acks.waiting() > 0 => {
+                acks.flush();
+                continue;
+            }
             // Time to look for subscriptions that went quiet.
             _ = silence_check.tick() => {
                 silence.check(&telemetry);
@@ -218,6 +226,8 @@ pub(crate) async fn run(
                 session_present,
                 no_shared_subscriptions,
             }) => {
+                // Packet ids are this connection's from now on.
+                acks.connected();
                 telemetry.mqtt_connected(
                     session_present,
                     &settings.host,
@@ -255,6 +265,7 @@ pub(crate) async fn run(
             Ok(Incoming::Publish {
                 topic,
                 payload,
+                size,
                 pkid,
                 qos,
             }) => {
@@ -263,14 +274,37 @@ pub(crate) async fn run(
                     telemetry.left_for_redelivery(&topic);
                     continue;
                 };
+                if size > settings.max_payload_bytes {
+                    telemetry.oversized_payload(&topic, size, settings.max_payload_bytes);
+                }
+                let queued = if qos == 0 {
+                    let cost = u32::try_from(payload.len() + topic.len() + QUEUED_OVERHEAD)
+                        .unwrap_or(u32::MAX);
+                    match queue.clone().try_acquire_many_owned(cost) {
+                        Ok(permit) => Some(permit),
+                        Err(_) => {
+                            let held = settings.queue_bytes - queue.available_permits() as u64;
+                            telemetry.qos0_dropped(&topic, held);
+                            continue;
+                        }
+                    }
+                } else {
+                    None
+                };
                 let message = Message {
                     topic,
                     payload,
                     received_at: Utc::now(),
                 };
+                let token = AckToken {
+                    pkid,
+                    qos,
+                    generation: acks.generation(),
+                };
                 let delivery = Delivery {
                     message,
-                    ack: Ack::new(AckToken { pkid, qos }, acker.clone()),
+                    ack: Ack::new(token, acker.clone()),
+                    queued,
                 };
                 if tx.send(delivery).is_err() {
                     deliveries = None;

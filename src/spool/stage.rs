@@ -227,6 +227,8 @@ async fn settle(
         out.telemetry.disk_has_room();
     }
     for n in group.items.drain(..) {
+        // Durable: its share of the QoS 0 queue goes back, its ack out.
+        drop(n.queued);
         n.ack.release();
     }
     Ok(())

@@ -103,7 +103,15 @@ impl Rig {
             rejects: reject.into_iter().collect(),
             city: Some("sf".into()),
             source: Some("vendor_webhook".into()),
-            ack: Ack::new(AckToken { pkid, qos: 1 }, self.acks.clone()),
+            queued: None,
+            ack: Ack::new(
+                AckToken {
+                    pkid,
+                    qos: 1,
+                    generation: 0,
+                },
+                self.acks.clone(),
+            ),
         }
     }
 

@@ -119,8 +119,32 @@ impl Telemetry {
         info!(topics = ?topics, "urbanflux ready");
     }
 
-    pub(crate) fn puback_not_queued(&self, pkid: u16, error: &dyn std::fmt::Display) {
-        warn!(error = %error, pkid, "could not queue PUBACK; the broker will redeliver");
+    /// The client's request channel was full: the PUBACK waits and goes in order later.
+    pub(crate) fn puback_deferred(&self, pkid: u16, error: &dyn std::fmt::Display) {
+        debug!(error = %error, pkid, "PUBACK waits for room in the request channel");
+        metrics::counter!(m::PUBACKS_DEFERRED).increment(1);
+    }
+
+    /// Acknowledgements of messages from an earlier connection: dropped, the broker redelivers.
+    pub(crate) fn stale_acks_dropped(&self, n: usize) {
+        debug!(acks = n, "dropped acknowledgements of an earlier connection; the broker redelivers those messages");
+        metrics::counter!(m::STALE_ACKS).increment(n as u64);
+    }
+
+    /// A QoS 0 message found the queue full (`mqtt.queue_bytes`) and was dropped.
+    pub(crate) fn qos0_dropped(&self, topic: &str, queued_bytes: u64) {
+        let n = self.qos0_dropped.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(m::MQTT_DROPPED, "reason" => "queue_full").increment(1);
+        // One line per 10,000 dropped: a flood must not flood the journal too.
+        if n % 10_000 == 0 {
+            warn!(topic = %topic, queued_bytes, dropped_so_far = n + 1,
+                "QoS 0 message dropped: the queue to the pipeline is full (mqtt.queue_bytes); QoS 0 is at most once, use QoS 1 for what must not be lost");
+        }
+    }
+
+    /// A payload over limits.max_payload_bytes: only its head is kept (for the dead letter).
+    pub(crate) fn oversized_payload(&self, topic: &str, bytes: usize, limit: usize) {
+        warn!(topic = %topic, bytes, limit, "payload over limits.max_payload_bytes: only its first bytes are kept, for the dead letter");
     }
 
     pub(crate) fn left_for_redelivery(&self, topic: &str) {

@@ -22,6 +22,9 @@ pub(crate) const SPOOL_QUARANTINED_BYTES: &str = "urbanflux_spool_quarantined_by
 pub(crate) const DISK_FULL: &str = "urbanflux_disk_full_total";
 pub(crate) const DISK_FULL_NOW: &str = "urbanflux_disk_full";
 pub(crate) const MQTT_CONNECTED: &str = "urbanflux_mqtt_connected";
+pub(crate) const MQTT_DROPPED: &str = "urbanflux_mqtt_dropped_total";
+pub(crate) const PUBACKS_DEFERRED: &str = "urbanflux_mqtt_pubacks_deferred_total";
+pub(crate) const STALE_ACKS: &str = "urbanflux_mqtt_stale_acks_total";
 pub(crate) const MQTT_RECONNECTS: &str = "urbanflux_mqtt_reconnects_total";
 pub(crate) const SECONDS_SINCE_LAST_MESSAGE: &str = "urbanflux_mqtt_seconds_since_last_message";
 pub(crate) const SILENT_SUBSCRIPTIONS: &str = "urbanflux_silent_subscriptions_total";
@@ -137,6 +140,18 @@ fn register(subscriptions: &[String]) {
     metrics::gauge!(DISK_FULL_NOW).set(0.0);
     describe_gauge!(MQTT_CONNECTED, "1 while connected to the broker");
     metrics::gauge!(MQTT_CONNECTED).set(0.0);
+    describe_counter!(MQTT_DROPPED, "QoS 0 messages dropped, by reason");
+    metrics::counter!(MQTT_DROPPED, "reason" => "queue_full").absolute(0);
+    describe_counter!(
+        PUBACKS_DEFERRED,
+        "PUBACKs that waited for room in the client's request channel"
+    );
+    metrics::counter!(PUBACKS_DEFERRED).absolute(0);
+    describe_counter!(
+        STALE_ACKS,
+        "acknowledgements dropped because their message came on an earlier connection"
+    );
+    metrics::counter!(STALE_ACKS).absolute(0);
     describe_counter!(MQTT_RECONNECTS, "lost broker connections");
     metrics::counter!(MQTT_RECONNECTS).absolute(0);
     describe_gauge!(

@@ -50,6 +50,7 @@ pub struct Telemetry {
     messages: AtomicU64,
     written: AtomicU64,
     write_retries: AtomicU64,
+    qos0_dropped: AtomicU64,
     pub(crate) health: health::Health,
     pub(crate) beats: health::Heartbeats,
 }

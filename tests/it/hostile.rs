@@ -158,3 +158,67 @@ fn clients_that_never_finish_their_request_cannot_starve_the_ops_endpoint() {
         "an idle connection outlived the request deadline"
     );
 }
+
+/// A counter of the daemon's /metrics, 0 when absent.
+fn metric(stack: &Stack, series: &str) -> f64 {
+    let (_, text) = crate::harness::http_get(stack.ops_port, "/metrics").expect("GET /metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn a_qos0_flood_beyond_the_queue_is_dropped_and_counted_and_nothing_else_breaks() {
+    let mut stack = Stack::start();
+    // The store is down and the spool tiny: nothing drains, the queue fills.
+    stack.store.stop();
+    let daemon = stack.start_daemon_with(&[
+        ("URBANFLUX__MQTT__QUEUE_BYTES", "64KiB"),
+        ("URBANFLUX__SPOOL__MAX_BYTES", "8KiB"),
+        ("URBANFLUX__SPOOL__SEGMENT_BYTES", "4KiB"),
+    ]);
+    let flood: Vec<_> = (0..5_000)
+        .map(|i| bin(&format!("Q0-{i}"), (i % 60) as u32, 40, "landfill"))
+        .collect();
+    crate::harness::publish_all_qos0(stack.broker.port(), &flood);
+    let dropped = crate::harness::eventually(
+        std::time::Duration::from_secs(30),
+        "the daemon to count QoS 0 messages dropped at the full queue",
+        || match metric(
+            &stack,
+            r#"urbanflux_mqtt_dropped_total{reason="queue_full"}"#,
+        ) {
+            d if d > 0.0 => Ok(d),
+            d => Err(format!("dropped {d}")),
+        },
+    );
+    assert!(dropped < 5_000.0, "everything was dropped");
+    // QoS 1 still flows through the same connection once the store is back.
+    stack.store.restart();
+    publish_all(stack.broker.port(), &[bin("Q1-after", 1, 70, "landfill")]);
+    let stored = stack.store.wait_for_samples(
+        r#"{__name__="waste_container_fill_ratio",sensor_id="dpw-Q1-after"}"#,
+        1,
+        STORE_TIMEOUT,
+    );
+    assert_eq!(stored[0].value, 0.7);
+    // Every QoS 0 message was either normalised or dropped and counted.
+    let received = crate::harness::eventually(
+        std::time::Duration::from_secs(30),
+        "every QoS 0 message to be normalised or counted as dropped",
+        || {
+            let received = metric(&stack, "urbanflux_messages_received_total");
+            let dropped = metric(
+                &stack,
+                r#"urbanflux_mqtt_dropped_total{reason="queue_full"}"#,
+            );
+            if received + dropped >= 5_001.0 {
+                Ok(received)
+            } else {
+                Err(format!("received {received}, dropped {dropped}"))
+            }
+        },
+    );
+    assert!(received > 1.0);
+    drop(daemon);
+}

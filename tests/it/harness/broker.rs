@@ -202,6 +202,44 @@ pub fn publish_all<T: AsRef<str>, P: AsRef<[u8]>>(port: u16, messages: &[(T, P)]
     publish_all_with(port, |_| {}, messages)
 }
 
+/// Publishes every message at QoS 0 (no acknowledgement: at most once) and returns once all
+/// of them have left the client.
+pub fn publish_all_qos0<T: AsRef<str>, P: AsRef<[u8]>>(port: u16, messages: &[(T, P)]) {
+    let done = with_client_configured(
+        "it-pub0",
+        port,
+        messages.len() + 10,
+        |_| {},
+        |client, mut eventloop| async move {
+            for (topic, payload) in messages {
+                client
+                    .publish(
+                        topic.as_ref(),
+                        QoS::AtMostOnce,
+                        false,
+                        payload.as_ref().to_vec(),
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("queue a publish on {}: {e}", topic.as_ref()));
+            }
+            let mut sent = 0;
+            while sent < messages.len() {
+                match eventloop.poll().await {
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Publish(_))) => sent += 1,
+                    Ok(_) => {}
+                    Err(e) => panic!("test publisher lost the broker on port {port}: {e}"),
+                }
+            }
+            let _ = client.disconnect().await;
+            let _ = tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
+        },
+    );
+    assert!(
+        done.is_some(),
+        "QoS 0 publishing did not finish within {MQTT_TIMEOUT:?}"
+    );
+}
+
 /// [`publish_all`] with the client options changed by `configure` (TLS, credentials).
 pub fn publish_all_with<T: AsRef<str>, P: AsRef<[u8]>>(
     port: u16,

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-pub use broker::{publish_all, publish_all_with, BrokerConfig, Mosquitto};
+pub use broker::{publish_all, publish_all_qos0, publish_all_with, BrokerConfig, Mosquitto};
 pub use daemon::{normalise, test_config, urbanflux, Daemon, Stack};
 pub use fixtures::base64_decode;
 pub use front::{Reply, StoreFront};
