@@ -26,11 +26,12 @@ use crate::devices::{self, Tracker};
 use crate::model::{Message, Outcome};
 use crate::normalise::series::SeriesGuard;
 use crate::normalise::{self, Normaliser};
+use crate::ops;
 use crate::settings::{restart_only_changes, Settings};
 use crate::sink::{influx::InfluxSink, Sink};
 use crate::source::mqtt::{self, SourceEvent};
 use crate::spool::{self, SpoolConfig};
-use crate::telemetry::{logging, metrics, ops, Telemetry};
+use crate::telemetry::{logging, metrics, Telemetry};
 use crate::{replay, systemd};
 
 /// The daemon: every stage, the ops endpoint, SIGHUP reload, the systemd watchdog, until

@@ -40,6 +40,7 @@ pub mod error;
 pub(crate) mod lineproto;
 pub mod model;
 pub mod normalise;
+pub(crate) mod ops;
 pub(crate) mod registry;
 pub(crate) mod replay;
 pub(crate) mod retry;

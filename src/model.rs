@@ -231,3 +231,23 @@ impl Outcome {
         }
     }
 }
+
+/// Why the last connection to the broker failed (source -> telemetry, health).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Failure {
+    /// What failed, in a few words; also the `/readyz` reason.
+    pub(crate) cause: &'static str,
+    /// The setting (or the place) that fixes it.
+    pub(crate) fix: &'static str,
+    /// The error as the library put it.
+    pub(crate) detail: String,
+    /// The broker or the network refused us for a reason that the configuration must fix
+    /// (logged as an error, not as a passing loss).
+    pub(crate) refused: bool,
+}
+
+/// A broker without shared subscriptions: the cause and the fix (CONNACK, SUBACK, DISCONNECT).
+pub(crate) const SHARED_UNSUPPORTED: &str =
+    "mqtt: shared subscriptions not supported by the broker";
+pub(crate) const FIX_SHARED: &str =
+    "mqtt.share_group = \"\" (plain subscriptions, one instance), or a broker with shared subscriptions";

@@ -8,6 +8,7 @@
 //! not tracked, and counted. Last seen is the broker receive time as urbanflux saw it: silence
 //! is about a device's messages reaching us, whatever the time the payload claims.
 
+mod events;
 pub(crate) mod file;
 mod report;
 

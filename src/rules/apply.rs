@@ -6,7 +6,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use chrono_tz::Tz;
 use serde_json::Value;
 
-use crate::model::{FieldValue, Outcome, Reading, Reject, RejectCode, Warning, WarningCode};
+use crate::model::{Outcome, Reading, Reject, RejectCode};
 use crate::registry::Registry;
 use crate::schema::{self, FieldType, PointBuilder};
 use crate::{time, units};
@@ -113,7 +113,7 @@ impl Rule {
             }
             match self.reading(&scope, input, &keys) {
                 Ok(r) => {
-                    if let Some(w) = outside_city(&r) {
+                    if let Some(w) = schema::outside_city(&r) {
                         out.warnings.push(w);
                     }
                     out.readings.push(r);
@@ -467,35 +467,6 @@ impl Rule {
         };
         time::check_window(what, ms.saturating_add(t.shift_ms), input.now)
     }
-}
-
-/// A warning when the reading's position is outside the box of its city.
-fn outside_city(r: &Reading) -> Option<Warning> {
-    let num = |k: &str| match r.fields.iter().find(|(f, _)| *f == k)?.1 {
-        FieldValue::Float(f) => Some(f),
-        FieldValue::Int(i) => Some(i as f64),
-        _ => None,
-    };
-    let city = r.tag("city")?;
-    let ((lat_lo, lat_hi), (lon_lo, lon_hi)) = schema::city_box(city)?;
-    let (lat, lon) = (num("lat"), num("lon"));
-    let out = lat.is_some_and(|v| !(lat_lo..=lat_hi).contains(&v))
-        || lon.is_some_and(|v| !(lon_lo..=lon_hi).contains(&v));
-    if !out {
-        return None;
-    }
-    let show = |v: Option<f64>| v.map_or("-".to_string(), |v| v.to_string());
-    Some(Warning {
-        code: WarningCode::OutsideCity,
-        city: city.to_string(),
-        source: r.tag("source").unwrap_or_default().to_string(),
-        detail: format!(
-            "sensor {}: lat {}, lon {} is outside the box of {city} (lat {lat_lo}..{lat_hi}, lon {lon_lo}..{lon_hi}); kept",
-            r.tag("sensor_id").unwrap_or_default(),
-            show(lat),
-            show(lon)
-        ),
-    })
 }
 
 /// The zone of the reading's city; the city tag was checked against the schema before.

@@ -6,19 +6,7 @@ use rumqttc::v5;
 use rumqttc::v5::mqttbytes::v5 as p5;
 use rustls::{AlertDescription, CertificateError};
 
-/// Why the last connection attempt failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Failure {
-    /// What failed, in a few words; also the `/readyz` reason.
-    pub(crate) cause: &'static str,
-    /// The setting (or the place) that fixes it.
-    pub(crate) fix: &'static str,
-    /// The error as the library put it.
-    pub(crate) detail: String,
-    /// The broker or the network refused us for a reason that the configuration must fix
-    /// (logged as an error, not as a passing loss).
-    pub(crate) refused: bool,
-}
+pub(crate) use crate::model::Failure;
 
 fn refused(cause: &'static str, fix: &'static str, detail: String) -> Failure {
     Failure {
@@ -56,11 +44,7 @@ const BAD_LOGIN: &str = "mqtt: broker refused the login: bad username or passwor
 const NOT_AUTHORIZED: &str =
     "mqtt: broker refused the login: not authorized (wrong username or password, or not allowed)";
 
-/// A broker without shared subscriptions: the cause and the fix (CONNACK, SUBACK, DISCONNECT).
-pub(crate) const SHARED_UNSUPPORTED: &str =
-    "mqtt: shared subscriptions not supported by the broker";
-pub(crate) const FIX_SHARED: &str =
-    "mqtt.share_group = \"\" (plain subscriptions, one instance), or a broker with shared subscriptions";
+pub(crate) use crate::model::{FIX_SHARED, SHARED_UNSUPPORTED};
 
 /// CONNACK refusals of MQTT 3.1.1.
 fn connack_v4(code: rumqttc::ConnectReturnCode, detail: String) -> Failure {

@@ -17,7 +17,7 @@ use tracing::info;
 
 use super::acks::Acks;
 use super::client::{self, Connection, Incoming};
-pub(crate) use super::failure::{Failure, FIX_SHARED, SHARED_UNSUPPORTED};
+pub(crate) use super::failure::Failure;
 use crate::ack::{Ack, AckToken, Acker};
 use crate::model::{Delivery, Message};
 use crate::retry::Backoff;

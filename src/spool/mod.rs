@@ -4,6 +4,7 @@
 
 mod cursor;
 mod log;
+mod record;
 pub(crate) mod stage;
 
 pub(crate) use log::{open, SpoolConfig, SpoolReader, SpoolWriter};

@@ -28,6 +28,8 @@ pub(crate) const STALE_ACKS: &str = "urbanflux_mqtt_stale_acks_total";
 pub(crate) const MQTT_RECONNECTS: &str = "urbanflux_mqtt_reconnects_total";
 pub(crate) const SECONDS_SINCE_LAST_MESSAGE: &str = "urbanflux_mqtt_seconds_since_last_message";
 pub(crate) const SILENT_SUBSCRIPTIONS: &str = "urbanflux_silent_subscriptions_total";
+/// The `state` label values of [`DEVICES`] (`crate::devices::State`).
+pub(crate) const DEVICE_STATES: [&str; 2] = ["reporting", "silent"];
 pub(crate) const DEVICES: &str = "urbanflux_devices";
 pub(crate) const DEVICE_SILENCES: &str = "urbanflux_device_silences_total";
 pub(crate) const DEVICES_UNTRACKED: &str = "urbanflux_devices_untracked_readings_total";
@@ -176,8 +178,8 @@ fn register(subscriptions: &[String]) {
     );
     for city in CITIES {
         for domain in DOMAINS {
-            for state in crate::devices::State::ALL {
-                metrics::gauge!(DEVICES, "city" => *city, "domain" => *domain, "state" => state.as_str())
+            for state in DEVICE_STATES {
+                metrics::gauge!(DEVICES, "city" => *city, "domain" => *domain, "state" => state)
                     .set(0.0);
             }
             metrics::counter!(DEVICE_SILENCES, "city" => *city, "domain" => *domain).absolute(0);

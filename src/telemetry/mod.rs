@@ -1,8 +1,8 @@
 //! Telemetry: what the daemon tells about itself. Every event is one method of [`Telemetry`]
 //! ([`events`]) that writes the log line and bumps the in-process counter and the Prometheus
 //! metric of the same meaning together; [`metrics`] names and registers every family at start
-//! (at zero), [`health`] holds readiness and the stage heartbeats, [`ops`] serves `/metrics`,
-//! `/healthz` and `/readyz`, and [`logging`] installs the log output.
+//! (at zero), [`health`] holds readiness and the stage heartbeats, and [`logging`] installs the
+//! log output. The endpoint that serves them (`/metrics`, `/healthz`, `/readyz`) is `crate::ops`.
 //!
 //! Label values come from closed sets (city, domain, source, reason, configured subscription),
 //! never topics or sensor ids. Counting a reading takes no lock and allocates nothing.
@@ -11,7 +11,6 @@ mod events;
 pub(crate) mod health;
 pub mod logging;
 pub(crate) mod metrics;
-pub(crate) mod ops;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -13,9 +13,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::metrics::{Handle, READY};
-use super::Telemetry;
 use crate::devices::{self, Tracker};
+use crate::telemetry::metrics::{Handle, READY};
+use crate::telemetry::Telemetry;
 
 /// A request head larger than this is not one of ours.
 const MAX_REQUEST: usize = 8 * 1024;
