@@ -308,7 +308,11 @@ async fn uniform_runs(args: &Args, config: &Path) -> Result<()> {
     );
     if runs.iter().all(|r| r.latency.is_some()) {
         let l = |f: fn(&Latency) -> f64| {
-            median(runs.iter().filter_map(|r| r.latency.as_ref().map(f)).collect())
+            median(
+                runs.iter()
+                    .filter_map(|r| r.latency.as_ref().map(f))
+                    .collect(),
+            )
         };
         println!(
             "median of {}: latency p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",

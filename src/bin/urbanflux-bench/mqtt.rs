@@ -146,8 +146,10 @@ pub async fn count_messages(
     expected: usize,
     ready: oneshot::Sender<()>,
 ) -> Result<Counted> {
-    let (client, mut eventloop) =
-        AsyncClient::new(options(format!("bench-count-{}", std::process::id()), port), 100);
+    let (client, mut eventloop) = AsyncClient::new(
+        options(format!("bench-count-{}", std::process::id()), port),
+        100,
+    );
     client.subscribe("#", QoS::AtLeastOnce).await?;
     let mut ready = Some(ready);
     let mut counted = Counted {

@@ -182,7 +182,10 @@ pub fn start_daemon(
         .arg("run")
         .arg("--config")
         .arg(config)
-        .env("URBANFLUX__MQTT__URL", format!("mqtt://127.0.0.1:{mqtt_port}"))
+        .env(
+            "URBANFLUX__MQTT__URL",
+            format!("mqtt://127.0.0.1:{mqtt_port}"),
+        )
         .env("URBANFLUX__MQTT__CLIENT_ID", "urbanflux-bench")
         .env(
             "URBANFLUX__INFLUX__URL",

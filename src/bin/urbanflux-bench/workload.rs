@@ -16,8 +16,7 @@ pub struct Message {
 }
 
 /// The VictoriaMetrics series of every field the uniform workload writes (one per message).
-pub const UNIFORM_SELECTOR: &str =
-    r#"{__name__=~"water_flow_m3_h|traffic_flow_per_h|water_temperature_c|waste_container_fill_ratio"}"#;
+pub const UNIFORM_SELECTOR: &str = r#"{__name__=~"water_flow_m3_h|traffic_flow_per_h|water_temperature_c|waste_container_fill_ratio"}"#;
 
 #[derive(Clone, Copy)]
 enum Domain {
