@@ -83,6 +83,10 @@ struct Args {
     /// Configuration (default: config/bench-uniform.toml, or config/urbanflux.toml for mix).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Internal: be the counting subscriber of the ceiling on this broker port (a process of
+    /// its own, like the daemon, so that it does not share the publishers' runtime).
+    #[arg(long, hide = true)]
+    count_subscriber: Option<u16>,
 }
 
 fn main() -> ExitCode {
@@ -108,7 +112,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(&args)) {
+    let work = async {
+        match args.count_subscriber {
+            Some(port) => subscriber_process(port, args.messages).await,
+            None => run(&args).await,
+        }
+    };
+    match runtime.block_on(work) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("urbanflux-bench: {e:#}");
@@ -203,18 +213,59 @@ struct Broker {
     port: u16,
 }
 
-/// Publishes `plan` to a plain counting subscriber: messages per second it received.
-async fn ceiling(port: u16, plan: &Plan, make: MakeMessage) -> Result<(f64, usize)> {
+/// The child process of `ceiling`: prints "ready" once subscribed, then
+/// "counted N last_unix_us T".
+async fn subscriber_process(port: u16, expected: usize) -> Result<()> {
     let (tx, rx) = oneshot::channel();
-    let counter = tokio::spawn(mqtt::count_messages(port, plan.messages, tx));
+    let counter = tokio::spawn(mqtt::count_messages(port, expected, tx));
     rx.await.context("counting subscriber never subscribed")?;
-    let published = mqtt::publish(port, plan, make, Arc::new(|_| 0), 1).await?;
+    println!("ready");
     let counted = counter.await??;
-    let secs = counted
-        .last
-        .saturating_duration_since(published.first)
-        .as_secs_f64();
-    Ok((counted.messages as f64 / secs, counted.messages))
+    let at = std::time::SystemTime::now() - counted.last.elapsed();
+    let us = at.duration_since(std::time::UNIX_EPOCH)?.as_micros();
+    println!("counted {} last_unix_us {us}", counted.messages);
+    Ok(())
+}
+
+/// Publishes `plan` to a plain counting subscriber (this binary again, as its own process):
+/// messages per second it received, from the first publish to the last message.
+async fn ceiling(port: u16, plan: &Plan, make: MakeMessage, dir: &Path) -> Result<(f64, usize)> {
+    let log = dir.join("subscriber.log");
+    let mut command = std::process::Command::new(std::env::current_exe()?);
+    command
+        .arg("--count-subscriber")
+        .arg(port.to_string())
+        .arg("--messages")
+        .arg(plan.messages.to_string());
+    let mut child = Guard::spawn("counting subscriber", command, &log)?;
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while !std::fs::read_to_string(&log)?.contains("ready") {
+        child.check_alive()?;
+        if Instant::now() > deadline {
+            bail!("counting subscriber not subscribed after {READY_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = std::time::SystemTime::now();
+    mqtt::publish(port, plan, make, Arc::new(|_| 0), 1).await?;
+    let line = loop {
+        let text = std::fs::read_to_string(&log)?;
+        if let Some(line) = text.lines().find(|l| l.starts_with("counted ")) {
+            break line.to_owned();
+        }
+        if child.check_alive().is_err() {
+            bail!("counting subscriber failed: {text}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let (Some(n), Some(us)) = (words.get(1), words.get(3)) else {
+        bail!("counting subscriber said {line:?}");
+    };
+    let (n, us): (usize, u128) = (n.parse()?, us.parse()?);
+    let start_us = first.duration_since(std::time::UNIX_EPOCH)?.as_micros();
+    let secs = us.saturating_sub(start_us) as f64 / 1e6;
+    Ok((n as f64 / secs, n))
 }
 
 /// The daemon of one run and its store.
@@ -360,7 +411,7 @@ async fn uniform_run(args: &Args, config: &Path, http: &Http) -> Result<UniformR
         _guard: guard,
         port,
     };
-    let (ceiling, ceiling_seen) = ceiling(broker.port, &plan(0), make.clone()).await?;
+    let (ceiling, ceiling_seen) = ceiling(broker.port, &plan(0), make.clone(), &dir.path).await?;
 
     let mut stack = start_stack(args, config, &dir.path, &broker, http).await?;
     let ticks = procs::clock_ticks();
@@ -570,7 +621,7 @@ async fn mix_run(
         let every = every.clone();
         Arc::new(move |i| every[i % every.len()].clone())
     };
-    let (ceiling, _) = ceiling(broker.port, &plan(args.messages), make).await?;
+    let (ceiling, _) = ceiling(broker.port, &plan(args.messages), make, &dir.path).await?;
 
     let mut stack = start_stack(args, config, &dir.path, &broker, http).await?;
     let ticks = procs::clock_ticks();

@@ -139,18 +139,27 @@ pub struct Counted {
     pub last: Instant,
 }
 
-/// A plain subscriber to `#` at QoS 1 (acks sent by rumqttc), counting messages and nothing
-/// else. `ready` fires once the subscription is acknowledged.
+/// A plain MQTT 5 subscriber to `#` at QoS 1 (acks sent by rumqttc, Receive Maximum 1000 as
+/// urbanflux sends), counting messages and nothing else. `ready` fires once the subscription
+/// is acknowledged.
 pub async fn count_messages(
     port: u16,
     expected: usize,
     ready: oneshot::Sender<()>,
 ) -> Result<Counted> {
-    let (client, mut eventloop) = AsyncClient::new(
-        options(format!("bench-count-{}", std::process::id()), port),
-        100,
+    use rumqttc::v5::mqttbytes::{v5::Packet as P5, QoS as Q5};
+    use rumqttc::v5::{AsyncClient as C5, Event as E5, MqttOptions as O5};
+    let mut o = O5::new(
+        format!("bench-count-{}", std::process::id()),
+        "127.0.0.1",
+        port,
     );
-    client.subscribe("#", QoS::AtLeastOnce).await?;
+    o.set_keep_alive(Duration::from_secs(30))
+        .set_receive_maximum(Some(PUBLISH_INFLIGHT))
+        .set_max_packet_size(Some(MAX_PACKET_BYTES as u32))
+        .set_clean_start(true);
+    let (client, mut eventloop) = C5::new(o, 100);
+    client.subscribe("#", Q5::AtLeastOnce).await?;
     let mut ready = Some(ready);
     let mut counted = Counted {
         messages: 0,
@@ -166,12 +175,12 @@ pub async fn count_messages(
             break;
         };
         match event.context("counting subscriber")? {
-            Event::Incoming(Packet::SubAck(_)) => {
+            E5::Incoming(P5::SubAck(_)) => {
                 if let Some(r) = ready.take() {
                     let _ = r.send(());
                 }
             }
-            Event::Incoming(Packet::Publish(_)) => {
+            E5::Incoming(P5::Publish(_)) => {
                 counted.messages += 1;
                 counted.last = Instant::now();
             }
