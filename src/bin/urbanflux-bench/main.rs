@@ -316,6 +316,15 @@ struct Latency {
     windows: usize,
 }
 
+/// urbanflux's throughput against the ceiling; at a fixed rate it is the rate, not a ratio.
+fn ratio(args: &Args, r: f64) -> String {
+    if args.rate > 0 {
+        "not compared with the ceiling (fixed rate)".to_owned()
+    } else {
+        format!("{r:.2} of the ceiling")
+    }
+}
+
 async fn uniform_runs(args: &Args, config: &Path) -> Result<()> {
     let http = Http::new()?;
     let mut runs = Vec::new();
@@ -323,8 +332,8 @@ async fn uniform_runs(args: &Args, config: &Path) -> Result<()> {
         let run = uniform_run(args, config, &http).await?;
         println!(
             "run {r}/{}: ceiling {:.0} msg/s ({} of {} seen); urbanflux {:.0} readings/s end to end \
-             ({} points counted, published in {:.2} s, all countable after {:.2} s) = {:.2} of the \
-             ceiling; {:.1} us CPU/reading; peak RSS {:.1} MiB",
+             ({} points counted, published in {:.2} s, all countable after {:.2} s) = {}; \
+             {:.1} us CPU/reading; peak RSS {:.1} MiB",
             args.runs,
             run.ceiling,
             run.ceiling_seen,
@@ -333,7 +342,7 @@ async fn uniform_runs(args: &Args, config: &Path) -> Result<()> {
             run.counted,
             run.publish_s,
             run.e2e_s,
-            run.readings_per_s / run.ceiling,
+            ratio(args, run.readings_per_s / run.ceiling),
             run.cpu_us,
             run.rss_mib,
         );
@@ -348,12 +357,12 @@ async fn uniform_runs(args: &Args, config: &Path) -> Result<()> {
     }
     let m = |f: fn(&UniformRun) -> f64| median(runs.iter().map(f).collect());
     println!(
-        "median of {}: urbanflux {:.0} readings/s end to end, ceiling {:.0} msg/s, ratio {:.2}, \
+        "median of {}: urbanflux {:.0} readings/s end to end, ceiling {:.0} msg/s, {}, \
          {:.1} us CPU/reading, peak RSS {:.1} MiB",
         runs.len(),
         m(|r| r.readings_per_s),
         m(|r| r.ceiling),
-        m(|r| r.readings_per_s / r.ceiling),
+        ratio(args, m(|r| r.readings_per_s / r.ceiling)),
         m(|r| r.cpu_us),
         m(|r| r.rss_mib),
     );
@@ -553,6 +562,7 @@ struct FamilyRun {
     name: &'static str,
     messages: usize,
     readings: f64,
+    secs: f64,
     readings_per_s: f64,
     cpu_us: f64,
 }
@@ -562,6 +572,7 @@ async fn mix_runs(args: &Args, config: &Path, fixtures: &Path) -> Result<()> {
     let http = Http::new()?;
     let mut all: Vec<Vec<FamilyRun>> = Vec::new();
     let mut ceilings = Vec::new();
+    let mut ratios = Vec::new();
     for r in 1..=args.runs {
         let (ceiling, phases, rss) = mix_run(args, config, &http, families.clone()).await?;
         println!(
@@ -570,17 +581,32 @@ async fn mix_runs(args: &Args, config: &Path, fixtures: &Path) -> Result<()> {
         );
         for p in &phases {
             println!(
-                "  {:<20} {:>7} msgs {:>8.0} readings {:>8.0} readings/s {:>6.1} us CPU/reading",
-                p.name, p.messages, p.readings, p.readings_per_s, p.cpu_us
+                "  {:<20} {:>7} msgs {:>8.0} readings {:>7.0} msgs/s {:>7.0} readings/s \
+                 {:>5.1} us CPU/reading",
+                p.name,
+                p.messages,
+                p.readings,
+                p.messages as f64 / p.secs,
+                p.readings_per_s,
+                p.cpu_us
             );
         }
+        let msgs: usize = phases.iter().map(|p| p.messages).sum();
+        let secs: f64 = phases.iter().map(|p| p.secs).sum();
+        println!(
+            "  all families: {:.0} msgs/s = {:.2} of the ceiling",
+            msgs as f64 / secs,
+            msgs as f64 / secs / ceiling
+        );
+        ratios.push(msgs as f64 / secs / ceiling);
         ceilings.push(ceiling);
         all.push(phases);
     }
     println!(
-        "median of {}: ceiling {:.0} msg/s",
+        "median of {}: ceiling {:.0} msg/s, urbanflux (all families) {:.2} of it",
         all.len(),
-        median(ceilings)
+        median(ceilings),
+        median(ratios)
     );
     for (i, f) in families.iter().enumerate() {
         let rps = median(all.iter().map(|p| p[i].readings_per_s).collect());
@@ -666,6 +692,7 @@ async fn mix_run(
             name: family.name,
             messages: per_family,
             readings: written,
+            secs,
             readings_per_s: written / secs,
             cpu_us: cpu as f64 / written.max(1.0),
         });
