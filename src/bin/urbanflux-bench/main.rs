@@ -42,6 +42,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the daemon may take to drain and exit on SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(15);
 const READINGS_WRITTEN: &str = "urbanflux_readings_written_total";
+/// Exit status after the global timeout.
+const TIMED_OUT_STATUS: u8 = 3;
+/// Set by the global timeout before it kills the children: the errors that follow are its.
+static TIMED_OUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum WorkloadKind {
@@ -98,9 +102,10 @@ fn main() -> ExitCode {
     let timeout = args.timeout;
     std::thread::spawn(move || {
         std::thread::sleep(timeout);
+        TIMED_OUT.store(true, std::sync::atomic::Ordering::SeqCst);
         eprintln!("urbanflux-bench: global timeout of {timeout:?}: killing what it started");
         procs::kill_all_live();
-        std::process::exit(3);
+        std::process::exit(TIMED_OUT_STATUS.into());
     });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -120,6 +125,9 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(work) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(_) if TIMED_OUT.load(std::sync::atomic::Ordering::SeqCst) => {
+            ExitCode::from(TIMED_OUT_STATUS)
+        }
         Err(e) => {
             eprintln!("urbanflux-bench: {e:#}");
             ExitCode::FAILURE

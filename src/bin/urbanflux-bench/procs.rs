@@ -16,12 +16,20 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// PIDs of the children alive now, for the global timeout (which cannot reach the guards).
 static LIVE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+/// Temporary folders not kept (`--keep`), for the same reason.
+static DIRS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
-/// Kills every child still alive, by PID; the global timeout calls it before exiting.
+/// Kills every child still alive, by PID, then removes the temporary folders not kept; the
+/// global timeout calls it before exiting (exit runs no Drop).
 pub fn kill_all_live() {
     let pids: Vec<u32> = LIVE.lock().unwrap_or_else(|e| e.into_inner()).clone();
     for pid in pids {
         let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+    }
+    // SIGKILL is asynchronous: let the children close their files first.
+    std::thread::sleep(Duration::from_millis(300));
+    for dir in DIRS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        let _ = fs::remove_dir_all(dir);
     }
 }
 
@@ -102,6 +110,11 @@ impl TempDir {
             std::process::id()
         ));
         fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
+        if !keep {
+            DIRS.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(path.clone());
+        }
         Ok(TempDir { path, keep })
     }
 }
@@ -112,6 +125,9 @@ impl Drop for TempDir {
             eprintln!("kept {}", self.path.display());
         } else {
             let _ = fs::remove_dir_all(&self.path);
+            DIRS.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|d| *d != self.path);
         }
     }
 }
