@@ -76,13 +76,25 @@ pub fn within<T, S>(timeout: Duration, mut check: impl FnMut() -> Result<T, S>) 
     }
 }
 
-/// A loopback port nobody listens on right now (bind :0, read the port, let it go).
+/// Test servers' ports are taken from here, below Linux's ephemeral range (32768-60999): the
+/// kernel never hands these to the many client connections the tests open, so a port found free
+/// is still free when its server binds it. Each is handed out once per test process.
+const TEST_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A loopback port nobody listens on right now, not handed to another test of this process.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
-    listener
-        .local_addr()
-        .expect("local address of a bound listener")
-        .port()
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Processes started together (the two test binaries) begin at different places.
+    let span = u32::from(TEST_PORTS.end - TEST_PORTS.start);
+    let start = std::process::id() % span;
+    for _ in 0..span {
+        let n = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = TEST_PORTS.start + n as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {TEST_PORTS:?}")
 }
 
 /// A client id no other process or test uses: `<prefix>-<pid>-<n>`.
