@@ -168,11 +168,11 @@ impl Rule {
         }
     }
 
-    /// Why a tag is absent: `unknown_device` when its templates read registry records that
-    /// were not found (the registry does not know the device), else `missing_tag`.
-    fn absent_tag(&self, name: &str, scope: &Scope, keys: &[Option<String>]) -> Reject {
-        let t = self.tags.iter().find(|t| t.name == name);
-        let tried = t
+    /// The templates a tag is tried with, as the rule writes them ("a or b"), for details.
+    fn tag_templates(&self, name: &str) -> String {
+        self.tags
+            .iter()
+            .find(|t| t.name == name)
             .map(|t| {
                 t.values
                     .iter()
@@ -180,7 +180,14 @@ impl Rule {
                     .collect::<Vec<_>>()
                     .join(" or ")
             })
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    /// Why a tag is absent: `unknown_device` when its templates read registry records that
+    /// were not found (the registry does not know the device), else `missing_tag`.
+    fn absent_tag(&self, name: &str, scope: &Scope, keys: &[Option<String>]) -> Reject {
+        let t = self.tags.iter().find(|t| t.name == name);
+        let tried = self.tag_templates(name);
         if t.is_none() {
             return Reject::new(
                 RejectCode::MissingTag,
@@ -219,19 +226,7 @@ impl Rule {
         input: &Input,
         keys: &[Option<String>],
     ) -> Result<Reading, Reject> {
-        let templates = |name: &str| {
-            self.tags
-                .iter()
-                .find(|t| t.name == name)
-                .map(|t| {
-                    t.values
-                        .iter()
-                        .map(|v| v.text.as_str())
-                        .collect::<Vec<_>>()
-                        .join(" or ")
-                })
-                .unwrap_or_default()
-        };
+        let templates = |name: &str| self.tag_templates(name);
         let city = self
             .tag_value("city", scope)?
             .ok_or_else(|| self.absent_tag("city", scope, keys))?;
