@@ -83,13 +83,47 @@ async fn deliver_all(
     lines: &[String],
     t: &Telemetry,
 ) -> Result<Vec<RefusedLine>, Abandoned> {
+    deliver_with(sink, lines, &limits(), &mut Pace::default(), t).await
+}
+
+async fn deliver_with(
+    sink: &mut Scripted,
+    lines: &[String],
+    limits: &BatchLimits,
+    pace: &mut Pace,
+    t: &Telemetry,
+) -> Result<Vec<RefusedLine>, Abandoned> {
+    deliver(
+        sink,
+        &refs(lines),
+        limits,
+        pace,
+        t,
+        &CancellationToken::new(),
+    )
+    .await
+}
+
+/// Delivers with the drain deadline falling `after` from now.
+async fn deliver_until(
+    sink: &mut Scripted,
+    lines: &[String],
+    t: &Telemetry,
+    after: Duration,
+) -> Result<Vec<RefusedLine>, Abandoned> {
+    let abandon = CancellationToken::new();
+    let cancel = abandon.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        cancel.cancel();
+    });
     deliver(
         sink,
         &refs(lines),
         &limits(),
         &mut Pace::default(),
         t,
-        &CancellationToken::new(),
+        &abandon,
     )
     .await
 }
@@ -135,16 +169,9 @@ async fn an_unreachable_store_is_retried_with_capped_exponential_backoff() {
         ..limits()
     };
     let t = Telemetry::default();
-    deliver(
-        &mut sink,
-        &refs(&l),
-        &limits,
-        &mut Pace::default(),
-        &t,
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    deliver_with(&mut sink, &l, &limits, &mut Pace::default(), &t)
+        .await
+        .unwrap();
     let calls = calls.lock().unwrap();
     let gaps: Vec<Duration> = calls.windows(2).map(|w| w[1].0 - w[0].0).collect();
     // 200 ms, 400 ms, then the 500 ms cap, each with up to 30 % jitter.
@@ -211,17 +238,7 @@ async fn refused_credentials_keep_the_data_and_report_not_ready_until_fixed() {
     let (mut sink, calls) = Scripted::new(vec![auth(), auth()]);
     let l = lines(4);
     let t = Telemetry::default();
-    let abandon = CancellationToken::new();
-    let refused = deliver(
-        &mut sink,
-        &refs(&l),
-        &limits(),
-        &mut Pace::default(),
-        &t,
-        &abandon,
-    )
-    .await
-    .unwrap();
+    let refused = deliver_all(&mut sink, &l, &t).await.unwrap();
     assert!(
         refused.is_empty(),
         "nothing is dead-lettered for a credentials problem"
@@ -239,23 +256,9 @@ async fn the_drain_deadline_interrupts_a_backoff_and_keeps_the_batch() {
     let (mut sink, calls) = Scripted::with_rule(vec![], |_| retry(None));
     let l = lines(2);
     let t = Telemetry::default();
-    let abandon = CancellationToken::new();
-    let cancel = abandon.clone();
     let started = Instant::now();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        cancel.cancel();
-    });
     assert_eq!(
-        deliver(
-            &mut sink,
-            &refs(&l),
-            &limits(),
-            &mut Pace::default(),
-            &t,
-            &abandon
-        )
-        .await,
+        deliver_until(&mut sink, &l, &t, Duration::from_secs(3)).await,
         Err(Abandoned)
     );
     assert_eq!(started.elapsed(), Duration::from_secs(3));
@@ -294,17 +297,7 @@ async fn a_store_that_refuses_every_line_alike_is_a_configuration_fault_not_bad_
     let (mut sink, calls) = Scripted::new((0..17).map(|_| refuse()).collect());
     let l = lines(20);
     let t = Telemetry::default();
-    let abandon = CancellationToken::new();
-    let refused = deliver(
-        &mut sink,
-        &refs(&l),
-        &limits(),
-        &mut Pace::default(),
-        &t,
-        &abandon,
-    )
-    .await
-    .unwrap();
+    let refused = deliver_all(&mut sink, &l, &t).await.unwrap();
     assert!(refused.is_empty(), "{refused:?}");
     assert_eq!(t.snapshot().write_retries, 1);
     let taken: Vec<String> = {
@@ -326,21 +319,7 @@ async fn the_configuration_fault_of_a_same_refusal_shows_in_readiness() {
     });
     let l = lines(16);
     let t = Telemetry::default();
-    let abandon = CancellationToken::new();
-    let cancel = abandon.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        cancel.cancel();
-    });
-    let out = deliver(
-        &mut sink,
-        &refs(&l),
-        &limits(),
-        &mut Pace::default(),
-        &t,
-        &abandon,
-    )
-    .await;
+    let out = deliver_until(&mut sink, &l, &t, Duration::from_secs(30)).await;
     assert_eq!(out, Err(Abandoned), "kept, not dead-lettered");
     assert!(t
         .health
@@ -361,16 +340,9 @@ async fn a_store_that_times_out_large_bodies_still_drains_in_smaller_writes() {
     let l = lines(5000);
     let t = Telemetry::default();
     let mut pace = Pace::default();
-    let refused = deliver(
-        &mut sink,
-        &refs(&l),
-        &limits(),
-        &mut pace,
-        &t,
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let refused = deliver_with(&mut sink, &l, &limits(), &mut pace, &t)
+        .await
+        .unwrap();
     assert!(refused.is_empty());
     assert_eq!(lines_taken(&calls, |b| b.lines().count() <= 500), l);
     let failed = calls
@@ -383,16 +355,9 @@ async fn a_store_that_times_out_large_bodies_still_drains_in_smaller_writes() {
     assert!(failed <= 40, "{failed} failed writes for 5,000 lines");
     // The next batch starts at the pace learned, not at 5,000 again.
     let before = calls.lock().unwrap().len();
-    deliver(
-        &mut sink,
-        &refs(&l[..400]),
-        &limits(),
-        &mut pace,
-        &t,
-        &CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    deliver_with(&mut sink, &l[..400], &limits(), &mut pace, &t)
+        .await
+        .unwrap();
     assert_eq!(calls.lock().unwrap().len(), before + 1);
 }
 
@@ -413,15 +378,7 @@ async fn the_heartbeat_stays_fresh_across_a_two_minute_retry_after() {
         })
     };
     let started = Instant::now();
-    let refused = deliver(
-        &mut sink,
-        &refs(&l),
-        &limits(),
-        &mut Pace::default(),
-        &t,
-        &CancellationToken::new(),
-    )
-    .await;
+    let refused = deliver_all(&mut sink, &l, &t).await;
     assert_eq!(refused, Ok(vec![]));
     assert_eq!(
         started.elapsed(),

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use harness::tls::Pki;
 use harness::{
-    http_get, publish_all_with, within, BrokerConfig, Daemon, Mosquitto, Stack, Victoria,
+    bin_message, http_get, march_14, publish_all_with, within, BrokerConfig, Daemon, Mosquitto,
+    Stack, Victoria,
 };
 
 const USER: &str = "throughput";
@@ -27,17 +28,7 @@ const CHUNK: usize = 5000;
 
 fn messages(n: usize) -> Vec<(String, Vec<u8>)> {
     (0..n)
-        .map(|i| {
-            let id = format!("TP-{i:06}");
-            let payload = format!(
-                r#"{{"device_id":"{id}","timestamp":"2025-03-14T{:02}:{:02}:{:02}Z","fullness_pct":{},"battery_pct":80,"stream":"landfill"}}"#,
-                (i / 3600) % 24,
-                (i / 60) % 60,
-                i % 60,
-                i % 100
-            );
-            (format!("sf/dpw/bins/{id}"), payload.into_bytes())
-        })
+        .map(|i| bin_message(&format!("TP-{i:06}"), &march_14(i), i))
         .collect()
 }
 

@@ -3,11 +3,12 @@
 //! acknowledging, say why on /readyz, and deliver every reading once the store and the space
 //! come back, without a restart.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::harness::{
-    eventually, http_get, publish_all, Reply, Sample, Stack, StoreFront, Tmpfs, READY_TIMEOUT,
+    bin_message, eventually, fill_ratio_sample, http_get, publish_all, Reply, Sample, Stack,
+    StoreFront, Tmpfs, READY_TIMEOUT,
 };
 
 /// The tmpfs the brief asks for, and what is left free of it for the daemon: a few thousand
@@ -24,15 +25,7 @@ const FULL_LOG: &str = "disk full under state.dir";
 /// `n` smart-bin messages from `first`, one reading each, every one a distinct series and time.
 fn bins(first: usize, n: usize) -> Vec<(String, Vec<u8>)> {
     (first..first + n)
-        .map(|i| {
-            let id = format!("DK-{i:06}");
-            let payload = format!(
-                r#"{{"device_id":"{id}","timestamp":"{}","fullness_pct":{},"battery_pct":80,"stream":"landfill"}}"#,
-                stamp(i),
-                i % 100
-            );
-            (format!("sf/dpw/bins/{id}"), payload.into_bytes())
-        })
+        .map(|i| bin_message(&format!("DK-{i:06}"), &stamp(i), i))
         .collect()
 }
 
@@ -48,27 +41,7 @@ fn stamp(i: usize) -> String {
 /// The fill_ratio sample each of those messages becomes.
 fn samples(n: usize) -> Vec<Sample> {
     (0..n)
-        .map(|i| {
-            let labels: BTreeMap<String, String> = [
-                ("city", "sf".to_string()),
-                ("domain", "waste".to_string()),
-                ("kind", "compactor".to_string()),
-                ("sensor_id", format!("dpw-DK-{i:06}")),
-                ("source", "vendor_webhook".to_string()),
-                ("waste_stream", "residual".to_string()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
-            Sample {
-                metric: "waste_container_fill_ratio".into(),
-                labels,
-                timestamp_ms: chrono::DateTime::parse_from_rfc3339(&stamp(i))
-                    .unwrap()
-                    .timestamp_millis(),
-                value: (i % 100) as f64 / 100.0,
-            }
-        })
+        .map(|i| fill_ratio_sample(format!("dpw-DK-{i:06}"), &stamp(i), i))
         .collect()
 }
 

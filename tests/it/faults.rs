@@ -2,14 +2,14 @@
 //! Each test publishes a known set of readings and asserts that the store ends with exactly
 //! that set: nothing lost, nothing extra (a redelivered reading overwrites itself).
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    eventually, free_port, http_get, publish_all, Reply, Sample, Stack, StoreFront, READY_TIMEOUT,
+    bin_message, eventually, fill_ratio_sample, free_port, http_get, march_14, publish_all, Daemon,
+    Reply, Sample, Stack, StoreFront, READY_TIMEOUT,
 };
 
 /// Each fault test runs twice: the daemon speaking MQTT 5, then 3.1.1
@@ -48,50 +48,14 @@ const FAULT_TIMEOUT: Duration = Duration::from_secs(90);
 /// `n` smart-bin messages, one reading each, every one a distinct series and time.
 pub(crate) fn bin_messages(first: usize, n: usize) -> Vec<(String, Vec<u8>)> {
     (first..first + n)
-        .map(|i| {
-            let id = format!("FT-{i:06}");
-            let payload = format!(
-                r#"{{"device_id":"{id}","timestamp":"2025-03-14T{:02}:{:02}:{:02}Z","fullness_pct":{},"battery_pct":80,"stream":"landfill"}}"#,
-                (i / 3600) % 24,
-                (i / 60) % 60,
-                i % 60,
-                i % 100
-            );
-            (format!("sf/dpw/bins/{id}"), payload.into_bytes())
-        })
+        .map(|i| bin_message(&format!("FT-{i:06}"), &march_14(i), i))
         .collect()
 }
 
 /// The fill_ratio sample each of those messages must become.
 pub(crate) fn bin_samples(first: usize, n: usize) -> Vec<Sample> {
     (first..first + n)
-        .map(|i| {
-            let labels: BTreeMap<String, String> = [
-                ("city", "sf".to_string()),
-                ("domain", "waste".to_string()),
-                ("kind", "compactor".to_string()),
-                ("sensor_id", format!("dpw-FT-{i:06}")),
-                ("source", "vendor_webhook".to_string()),
-                ("waste_stream", "residual".to_string()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
-            let t = chrono::DateTime::parse_from_rfc3339(&format!(
-                "2025-03-14T{:02}:{:02}:{:02}Z",
-                (i / 3600) % 24,
-                (i / 60) % 60,
-                i % 60
-            ))
-            .unwrap()
-            .timestamp_millis();
-            Sample {
-                metric: "waste_container_fill_ratio".into(),
-                labels,
-                timestamp_ms: t,
-                value: (i % 100) as f64 / 100.0,
-            }
-        })
+        .map(|i| fill_ratio_sample(format!("dpw-FT-{i:06}"), &march_14(i), i))
         .collect()
 }
 
@@ -115,28 +79,45 @@ fn the_store_stops_during_the_run_and_comes_back(protocol: &'static str) {
     assert_store_holds_bins(&stack, 600);
 }
 
-fn the_daemon_is_killed_several_times_during_the_run(protocol: &'static str) {
-    let stack = Stack::start().speaking(protocol);
+/// Publishes `chunks` rounds of `size` bin messages, `pause` apart, while the daemon is killed
+/// (kill -9) and started again `kills` times, `every` apart. Returns the daemon running at the
+/// end and how many messages the publisher sent.
+pub(crate) fn publish_while_killing(
+    stack: &Stack,
+    (chunks, size, pause): (usize, usize, Duration),
+    (kills, every): (usize, Duration),
+) -> (Daemon, usize) {
     let mut daemon = stack.start_daemon();
     let port = stack.broker.port();
     let published = Arc::new(AtomicUsize::new(0));
     let publisher = {
         let published = published.clone();
         thread::spawn(move || {
-            for chunk in 0..20 {
-                publish_all(port, &bin_messages(chunk * 100, 100));
-                published.fetch_add(100, Ordering::SeqCst);
-                thread::sleep(Duration::from_millis(100));
+            for chunk in 0..chunks {
+                publish_all(port, &bin_messages(chunk * size, size));
+                published.fetch_add(size, Ordering::SeqCst);
+                thread::sleep(pause);
             }
         })
     };
-    for _ in 0..4 {
-        thread::sleep(Duration::from_millis(600));
+    for _ in 0..kills {
+        thread::sleep(every);
         daemon.kill();
         daemon = stack.start_daemon();
     }
     publisher.join().expect("publisher");
-    assert_eq!(published.load(Ordering::SeqCst), 2000);
+    let sent = published.load(Ordering::SeqCst);
+    (daemon, sent)
+}
+
+fn the_daemon_is_killed_several_times_during_the_run(protocol: &'static str) {
+    let stack = Stack::start().speaking(protocol);
+    let (_daemon, published) = publish_while_killing(
+        &stack,
+        (20, 100, Duration::from_millis(100)),
+        (4, Duration::from_millis(600)),
+    );
+    assert_eq!(published, 2000);
     assert_store_holds_bins(&stack, 2000);
 }
 
@@ -351,6 +332,19 @@ fn readyz_says_why_while_the_store_is_down_and_recovers_with_it(protocol: &'stat
     ready_becomes(&stack, 200, "/readyz to say 200 once the store came back");
 }
 
+/// SIGTERM to a daemon with a 2 s drain_timeout: it exits cleanly within 5 s.
+fn sigterm_stops_within_the_drain_timeout(daemon: &mut Daemon, during: &str) {
+    let asked = Instant::now();
+    let status = daemon.terminate();
+    let took = asked.elapsed();
+    assert!(status.success(), "exit status {status:?}\n{}", daemon.log());
+    // drain_timeout, plus the MQTT goodbye (at most 2 s), plus process exit.
+    assert!(
+        took < Duration::from_secs(5),
+        "SIGTERM took {took:?} to stop the daemon{during}"
+    );
+}
+
 fn sigterm_with_a_full_spool_and_the_store_down_exits_within_the_drain_timeout(
     protocol: &'static str,
 ) {
@@ -363,15 +357,7 @@ fn sigterm_with_a_full_spool_and_the_store_down_exits_within_the_drain_timeout(
     ]);
     publish_all(stack.broker.port(), &bin_messages(0, 200));
     daemon.wait_for_log("spool full", READY_TIMEOUT);
-    let asked = Instant::now();
-    let status = daemon.terminate();
-    let took = asked.elapsed();
-    assert!(status.success(), "exit status {status:?}\n{}", daemon.log());
-    // drain_timeout, plus the MQTT goodbye (at most 2 s), plus process exit.
-    assert!(
-        took < Duration::from_secs(5),
-        "SIGTERM took {took:?} to stop the daemon"
-    );
+    sigterm_stops_within_the_drain_timeout(&mut daemon, "");
     // What was not acknowledged stays with the broker, what was stays in the spool.
     stack.store.restart();
     let _daemon = stack.start_daemon();
@@ -391,15 +377,7 @@ fn sigterm_during_a_two_minute_retry_after_exits_within_the_drain_timeout() {
     ]);
     publish_all(stack.broker.port(), &bin_messages(0, 100));
     daemon.wait_for_log("store write failed, will retry", READY_TIMEOUT);
-    let asked = Instant::now();
-    let status = daemon.terminate();
-    let took = asked.elapsed();
-    assert!(status.success(), "exit status {status:?}\n{}", daemon.log());
-    // drain_timeout, plus the MQTT goodbye (at most 2 s), plus process exit.
-    assert!(
-        took < Duration::from_secs(5),
-        "SIGTERM took {took:?} to stop the daemon during a Retry-After"
-    );
+    sigterm_stops_within_the_drain_timeout(&mut daemon, " during a Retry-After");
     assert!(front.requests().iter().all(|r| r.status == 429));
     // Nothing was lost: the next start, with the store answering, delivers it all.
     let _daemon = stack.start_daemon();

@@ -2,12 +2,9 @@
 //! defaults (max_inflight_messages 20): the session survives a kill -9 (Session Expiry Interval,
 //! Clean Start = false), and our Receive Maximum, not the broker's setting, sets the window.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::thread;
 use std::time::Duration;
 
-use crate::faults::{bin_messages, bin_samples, messages_received};
+use crate::faults::{bin_messages, bin_samples, messages_received, publish_while_killing};
 use crate::harness::{publish_all, within, BrokerConfig, Mosquitto, Stack, Victoria};
 
 /// Long enough for a few thousand readings through a debug build on two cores.
@@ -24,26 +21,12 @@ fn stack_at_broker_defaults(protocol: &'static str) -> Stack {
 #[test]
 fn mqtt_5_kill_9_with_messages_in_flight_and_a_restart_lose_nothing() {
     let stack = stack_at_broker_defaults("5");
-    let mut daemon = stack.start_daemon();
-    let port = stack.broker.port();
-    let published = Arc::new(AtomicUsize::new(0));
-    let publisher = {
-        let published = published.clone();
-        thread::spawn(move || {
-            for chunk in 0..10 {
-                publish_all(port, &bin_messages(chunk * 150, 150));
-                published.fetch_add(150, Ordering::SeqCst);
-                thread::sleep(Duration::from_millis(80));
-            }
-        })
-    };
-    for _ in 0..3 {
-        thread::sleep(Duration::from_millis(500));
-        daemon.kill();
-        daemon = stack.start_daemon();
-    }
-    publisher.join().expect("publisher");
-    assert_eq!(published.load(Ordering::SeqCst), 1500);
+    let (_daemon, published) = publish_while_killing(
+        &stack,
+        (10, 150, Duration::from_millis(80)),
+        (3, Duration::from_millis(500)),
+    );
+    assert_eq!(published, 1500);
     stack.store.wait_until_it_holds(
         r#"{__name__="waste_container_fill_ratio"}"#,
         &bin_samples(0, 1500),

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use crate::harness::fixtures::{self, Fixture};
 use crate::harness::{
-    compare_points, expected_samples, normalise, parse_line_protocol, publish_all,
-    run_with_timeout, urbanflux, Daemon, FieldValue, Point, Stack, STORE_TIMEOUT,
+    as_victoria_reads, compare_points, expected_samples, normalise, parse_line_protocol,
+    publish_all, run_with_timeout, urbanflux, Daemon, Point, Stack, STORE_TIMEOUT,
 };
 
 /// A replay reads a whole file and writes to the store: longer than a one-shot CLI run.
@@ -27,21 +27,6 @@ const MEASUREMENTS: [&str; 9] = [
     "energy",
     "streetlight",
 ];
-
-/// VictoriaMetrics reads a string field that holds a number (`stop_id="14297"`) as that number;
-/// other strings as 0 (see `expected_samples`).
-fn as_victoria_reads(mut points: Vec<Point>) -> Vec<Point> {
-    for p in &mut points {
-        for v in p.fields.values_mut() {
-            if let FieldValue::Str(s) = v {
-                if let Ok(n) = s.parse::<f64>() {
-                    *v = FieldValue::Float(n);
-                }
-            }
-        }
-    }
-    points
-}
 
 /// The number on the summary line that starts with `label`.
 fn summary_count(stdout: &str, label: &str) -> Option<usize> {
@@ -151,23 +136,11 @@ fn all_fixtures_published_leave_exactly_the_good_points_in_the_store_and_the_bad
         STORE_TIMEOUT,
     );
 
-    let records = stack.wait_for_deadletters(bad.len(), STORE_TIMEOUT);
-    let mut got: Vec<(String, String)> = records
-        .iter()
-        .map(|r| {
-            (
-                r["topic"].as_str().unwrap_or_default().to_string(),
-                r["reason"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
-    let mut want: Vec<(String, String)> = bad
+    let want: Vec<(String, String)> = bad
         .iter()
         .map(|f| (f.topic.clone(), f.expected_error.clone().unwrap()))
         .collect();
-    got.sort();
-    want.sort();
-    assert_eq!(got, want, "dead letters: {records:#?}");
+    stack.assert_deadletters(want, STORE_TIMEOUT);
 }
 
 #[test]

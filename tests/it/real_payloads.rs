@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::harness::fixtures::{self, Fixture};
 use crate::harness::{
-    expected_samples, publish_all, run_with_timeout, urbanflux, FieldValue, Point, Stack,
+    as_victoria_reads, expected_samples, publish_all, run_with_timeout, urbanflux, Stack,
     CLI_TIMEOUT, READY_TIMEOUT, STORE_TIMEOUT,
 };
 
@@ -27,20 +27,6 @@ const MEASUREMENTS: [&str; 3] = ["waste_container", "transit", "water"];
 const UNREGISTERED_THINGPARK: &str = r#"{"DevEUI_uplink":{"Time":"2025-03-14T10:46:54.285+01:00",
     "DevEUI":"20635F0108000E77","FPort":"17","FCntUp":"266","LrrRSSI":"-71.000000",
     "LrrSNR":"8.250000","payload":{"temperature":12.25,"batteryVoltage":3.8}}}"#;
-
-/// VictoriaMetrics reads a string field that holds a number (`stop_id="14297"`) as that number.
-fn as_victoria_reads(mut points: Vec<Point>) -> Vec<Point> {
-    for p in &mut points {
-        for v in p.fields.values_mut() {
-            if let FieldValue::Str(s) = v {
-                if let Ok(n) = s.parse::<f64>() {
-                    *v = FieldValue::Float(n);
-                }
-            }
-        }
-    }
-    points
-}
 
 /// The ChirpStack v3 fixture's payload on the topic of another device.
 fn chirpstack_v3_on_another_device() -> (String, Vec<u8>) {
@@ -91,23 +77,11 @@ fn real_gateway_payloads_become_exactly_their_points_and_the_others_are_dead_let
         &expected_samples(&as_victoria_reads(points)),
         STORE_TIMEOUT,
     );
-    let records = stack.wait_for_deadletters(bad.len(), STORE_TIMEOUT);
-    let mut got: Vec<(String, String)> = records
-        .iter()
-        .map(|r| {
-            (
-                r["topic"].as_str().unwrap_or_default().to_string(),
-                r["reason"].as_str().unwrap_or_default().to_string(),
-            )
-        })
-        .collect();
-    let mut want: Vec<(String, String)> = bad
+    let want: Vec<(String, String)> = bad
         .iter()
         .map(|(t, _, reason)| (t.clone(), reason.to_string()))
         .collect();
-    got.sort();
-    want.sort();
-    assert_eq!(got, want, "dead letters: {records:#?}");
+    let records = stack.assert_deadletters(want, STORE_TIMEOUT);
     // the identity reject names both devices
     let identity = records
         .iter()

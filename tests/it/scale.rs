@@ -4,7 +4,6 @@
 //! share, and a member killed mid-run and started again under its client id loses nothing.
 //! Also: a store behind a path prefix (`influx.url` with a path).
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
@@ -13,8 +12,8 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 use crate::harness::{
-    eventually, free_port, http_get, publish_all, Daemon, Reply, Sample, Stack, StoreFront,
-    READY_TIMEOUT,
+    bin_message, eventually, fill_ratio_sample, free_port, http_get, publish_all, Daemon, Reply,
+    Sample, Stack, StoreFront, READY_TIMEOUT,
 };
 
 /// Readings of the three-member runs. 90,000 at QoS 1 go through three debug-build daemons on
@@ -46,15 +45,7 @@ fn one_heavy_run_at_a_time() -> MutexGuard<'static, ()> {
 /// Message `i`: device `i % DEVICES`, at second `i / DEVICES` of the day.
 fn messages(n: usize) -> Vec<(String, Vec<u8>)> {
     (0..n)
-        .map(|i| {
-            let id = format!("SC-{:04}", i % DEVICES);
-            let payload = format!(
-                r#"{{"device_id":"{id}","timestamp":"{}","fullness_pct":{},"battery_pct":80,"stream":"landfill"}}"#,
-                time_of(i),
-                i % 100
-            );
-            (format!("sf/dpw/bins/{id}"), payload.into_bytes())
-        })
+        .map(|i| bin_message(&format!("SC-{:04}", i % DEVICES), &time_of(i), i))
         .collect()
 }
 
@@ -71,27 +62,7 @@ fn time_of(i: usize) -> String {
 /// The fill_ratio sample each message must become.
 fn samples(n: usize) -> Vec<Sample> {
     (0..n)
-        .map(|i| {
-            let labels: BTreeMap<String, String> = [
-                ("city", "sf".to_string()),
-                ("domain", "waste".to_string()),
-                ("kind", "compactor".to_string()),
-                ("sensor_id", format!("dpw-SC-{:04}", i % DEVICES)),
-                ("source", "vendor_webhook".to_string()),
-                ("waste_stream", "residual".to_string()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
-            Sample {
-                metric: "waste_container_fill_ratio".into(),
-                labels,
-                timestamp_ms: chrono::DateTime::parse_from_rfc3339(&time_of(i))
-                    .unwrap()
-                    .timestamp_millis(),
-                value: (i % 100) as f64 / 100.0,
-            }
-        })
+        .map(|i| fill_ratio_sample(format!("dpw-SC-{:04}", i % DEVICES), &time_of(i), i))
         .collect()
 }
 

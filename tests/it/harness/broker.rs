@@ -202,6 +202,41 @@ pub fn publish_all<T: AsRef<str>, P: AsRef<[u8]>>(port: u16, messages: &[(T, P)]
     publish_all_with(port, |_| {}, messages)
 }
 
+/// Hands every message to the client at `qos`; the event loop then sends them.
+async fn queue_all<T: AsRef<str>, P: AsRef<[u8]>>(
+    client: &AsyncClient,
+    messages: &[(T, P)],
+    qos: QoS,
+) {
+    for (topic, payload) in messages {
+        client
+            .publish(topic.as_ref(), qos, false, payload.as_ref().to_vec())
+            .await
+            .unwrap_or_else(|e| panic!("queue a publish on {}: {e}", topic.as_ref()));
+    }
+}
+
+/// Polls until `n` events `counts` has been seen (counted in `seen`), then disconnects.
+async fn count_then_leave(
+    client: AsyncClient,
+    mut eventloop: EventLoop,
+    port: u16,
+    n: usize,
+    seen: &mut usize,
+    counts: impl Fn(&Event) -> bool,
+) {
+    while *seen < n {
+        match eventloop.poll().await {
+            Ok(e) if counts(&e) => *seen += 1,
+            Ok(_) => {}
+            Err(e) => panic!("test publisher lost the broker on port {port}: {e}"),
+        }
+    }
+    // Say goodbye politely; whether the DISCONNECT leaves in time does not matter.
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
+}
+
 /// Publishes every message at QoS 0 (no acknowledgement: at most once) and returns once all
 /// of them have left the client.
 pub fn publish_all_qos0<T: AsRef<str>, P: AsRef<[u8]>>(port: u16, messages: &[(T, P)]) {
@@ -210,28 +245,11 @@ pub fn publish_all_qos0<T: AsRef<str>, P: AsRef<[u8]>>(port: u16, messages: &[(T
         port,
         messages.len() + 10,
         |_| {},
-        |client, mut eventloop| async move {
-            for (topic, payload) in messages {
-                client
-                    .publish(
-                        topic.as_ref(),
-                        QoS::AtMostOnce,
-                        false,
-                        payload.as_ref().to_vec(),
-                    )
-                    .await
-                    .unwrap_or_else(|e| panic!("queue a publish on {}: {e}", topic.as_ref()));
-            }
+        |client, eventloop| async move {
+            queue_all(&client, messages, QoS::AtMostOnce).await;
             let mut sent = 0;
-            while sent < messages.len() {
-                match eventloop.poll().await {
-                    Ok(Event::Outgoing(rumqttc::Outgoing::Publish(_))) => sent += 1,
-                    Ok(_) => {}
-                    Err(e) => panic!("test publisher lost the broker on port {port}: {e}"),
-                }
-            }
-            let _ = client.disconnect().await;
-            let _ = tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
+            let is_sent = |e: &Event| matches!(e, Event::Outgoing(rumqttc::Outgoing::Publish(_)));
+            count_then_leave(client, eventloop, port, messages.len(), &mut sent, is_sent).await;
         },
     );
     assert!(
@@ -253,28 +271,10 @@ pub fn publish_all_with<T: AsRef<str>, P: AsRef<[u8]>>(
         port,
         messages.len() + 10,
         configure,
-        |client, mut eventloop| async move {
-            for (topic, payload) in messages {
-                client
-                    .publish(
-                        topic.as_ref(),
-                        QoS::AtLeastOnce,
-                        false,
-                        payload.as_ref().to_vec(),
-                    )
-                    .await
-                    .unwrap_or_else(|e| panic!("queue a publish on {}: {e}", topic.as_ref()));
-            }
-            while *acked_ref < messages.len() {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::PubAck(_))) => *acked_ref += 1,
-                    Ok(_) => {}
-                    Err(e) => panic!("test publisher lost the broker on port {port}: {e}"),
-                }
-            }
-            // Say goodbye politely; whether the DISCONNECT leaves in time does not matter.
-            let _ = client.disconnect().await;
-            let _ = tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
+        |client, eventloop| async move {
+            queue_all(&client, messages, QoS::AtLeastOnce).await;
+            let is_ack = |e: &Event| matches!(e, Event::Incoming(Packet::PubAck(_)));
+            count_then_leave(client, eventloop, port, messages.len(), acked_ref, is_ack).await;
         },
     );
     assert!(

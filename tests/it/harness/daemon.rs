@@ -280,4 +280,27 @@ impl Stack {
             }
         })
     }
+
+    /// Waits for as many dead letters as `want` holds and checks their (topic, reason) pairs,
+    /// in any order. Returns the records.
+    pub fn assert_deadletters(
+        &self,
+        mut want: Vec<(String, String)>,
+        timeout: Duration,
+    ) -> Vec<Value> {
+        let records = self.wait_for_deadletters(want.len(), timeout);
+        let mut got: Vec<(String, String)> = records
+            .iter()
+            .map(|r| {
+                (
+                    r["topic"].as_str().unwrap_or_default().to_string(),
+                    r["reason"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want, "dead letters: {records:#?}");
+        records
+    }
 }

@@ -41,7 +41,12 @@ pub fn request(
     write!(stream, "{head}\r\n{body}")?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
+    parse_response(&raw)
+}
+
+/// The status code and body of a whole HTTP/1.1 answer.
+pub(super) fn parse_response(raw: &[u8]) -> io::Result<(u16, String)> {
+    let text = String::from_utf8_lossy(raw);
     let (head, answer) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head
         .split_whitespace()

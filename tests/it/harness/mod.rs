@@ -7,6 +7,7 @@
 //! it. Every wait goes through [`eventually`] (or [`within`]), which says what it waited for and
 //! what it saw instead. Only 127.0.0.1 is ever contacted.
 
+mod bins;
 mod broker;
 mod daemon;
 pub mod fixtures;
@@ -25,13 +26,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub use bins::{bin_message, fill_ratio_sample, march_14};
 pub use broker::{publish_all, publish_all_qos0, publish_all_with, BrokerConfig, Mosquitto};
 pub use daemon::{normalise, test_config, urbanflux, Daemon, Stack};
 pub use fixtures::base64_decode;
 pub use front::{Reply, StoreFront};
 pub use http::{http_get, request};
 pub use influx1::Influx1;
-pub use points::{compare_points, parse_line_protocol, FieldValue, Point};
+pub use points::{as_victoria_reads, compare_points, parse_line_protocol, FieldValue, Point};
 pub use service::run_with_timeout;
 pub use store::{expected_samples, Sample, Victoria};
 pub use tmpfs::Tmpfs;

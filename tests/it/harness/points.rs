@@ -262,3 +262,18 @@ pub fn rfc3339_ms(time: &str) -> i64 {
 pub fn values_equal(a: f64, b: f64) -> bool {
     (a - b).abs() <= FLOAT_TOLERANCE
 }
+
+/// VictoriaMetrics reads a string field that holds a number (`stop_id="14297"`) as that number;
+/// other strings as 0 (see `expected_samples`).
+pub fn as_victoria_reads(mut points: Vec<Point>) -> Vec<Point> {
+    for p in &mut points {
+        for v in p.fields.values_mut() {
+            if let FieldValue::Str(s) = v {
+                if let Ok(n) = s.parse::<f64>() {
+                    *v = FieldValue::Float(n);
+                }
+            }
+        }
+    }
+    points
+}

@@ -19,6 +19,7 @@ use rumqttc::{MqttOptions, TlsConfiguration, Transport};
 use tempfile::TempDir;
 
 use super::broker::BrokerConfig;
+use super::http::parse_response;
 use super::service::installed;
 
 const MOSQUITTO_PASSWD: &str = "/usr/bin/mosquitto_passwd";
@@ -245,12 +246,5 @@ pub fn https_get(
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
         Err(e) => return Err(e),
     }
-    let text = String::from_utf8_lossy(&raw);
-    let (head, answer) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| io::Error::other(format!("no HTTP status line in {head:?}")))?;
-    Ok((status, answer.to_owned()))
+    parse_response(&raw)
 }
