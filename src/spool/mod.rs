@@ -6,7 +6,7 @@ mod cursor;
 mod log;
 pub(crate) mod stage;
 
-pub(crate) use log::{open, SpoolConfig, SpoolReader, SpoolWriter};
+pub(crate) use log::{open, open_for, SpoolConfig, SpoolReader, SpoolWriter};
 
 /// Blocking file I/O on a runtime worker, without starving the other tasks.
 pub(crate) fn block<T>(f: impl FnOnce() -> T) -> T {
