@@ -415,7 +415,7 @@ pub(super) fn influx(
     let url = raw.url.trim_end_matches('/').to_string();
     if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
         return Err(err(
-            &format!("{section}.url"),
+            format!("{section}.url"),
             format!("{url:?} is not an http(s) URL"),
             "write http://HOST:PORT, e.g. http://127.0.0.1:8086",
         ));
@@ -450,7 +450,7 @@ pub(super) fn influx(
         }
         other => {
             return Err(err(
-                &format!("{section}.api"),
+                format!("{section}.api"),
                 format!("{other:?} is not a write API"),
                 "use \"v2\" (InfluxDB 2.x/3.x, VictoriaMetrics) or \"v1\" (InfluxDB 1.x)",
             ))
@@ -474,7 +474,7 @@ pub(super) fn influx(
     )?;
     if influx_tls.server_name.is_some() {
         return Err(err(
-            &format!("{section}.tls.server_name"),
+            format!("{section}.tls.server_name"),
             "is not supported for the store",
             "remove it and write the name the store's certificate carries in influx.url",
         ));
@@ -482,7 +482,7 @@ pub(super) fn influx(
     let https = url.starts_with("https://");
     if !https && !influx_tls.is_empty() {
         return Err(err(
-            &format!("{section}.tls"),
+            format!("{section}.tls"),
             "TLS files are set but influx.url is http://",
             "write https://HOST:PORT in influx.url, or remove the influx.tls keys",
         ));
@@ -490,7 +490,7 @@ pub(super) fn influx(
     let sends_secret = !token.is_empty() || basic_auth.is_some();
     if !https && sends_secret && !is_loopback(&url) && !raw.allow_insecure {
         return Err(err(
-            &format!("{section}.url"),
+            format!("{section}.url"),
             format!("{url} is plain http to another host: the token or password would cross the network in clear"),
             "use https:// (with influx.tls.ca_file for a private CA), or set influx.allow_insecure = true if this is meant",
         ));

@@ -18,7 +18,7 @@ use super::log::Position;
 pub(crate) const FILE_NAME: &str = "cursor.slots";
 /// The sink whose cursor is [`FILE_NAME`] (the single sink of `[influx]` before `[[sink]]`), so
 /// that an upgrade resumes where it was; any other sink's is `cursor.<name>.slots`.
-pub(crate) const DEFAULT_SINK: &str = "influx";
+pub(crate) use crate::settings::DEFAULT_SINK;
 
 /// The cursor file of the sink called `name`.
 pub(crate) fn file_name(name: &str) -> String {

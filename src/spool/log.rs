@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 use tracing::{error, warn};
 
-use super::cursor::{self, sync_dir, Cursor, DEFAULT_SINK};
+use super::cursor::{self, sync_dir, Cursor};
 
 const HEADER: usize = 8;
 /// A record body above this is corrupt, not large: no message makes a 64 MiB record.
@@ -331,8 +331,9 @@ fn quarantine(dir: &Path, id: u64, (from, to): (u64, u64)) -> io::Result<Option<
 }
 
 /// Opens (or creates) the spool with the one default reader, recovering from a crash.
+#[cfg(test)]
 pub fn open(cfg: SpoolConfig) -> io::Result<(SpoolWriter, SpoolReader, OpenReport)> {
-    let (writer, mut readers, report) = open_for(cfg, &[DEFAULT_SINK])?;
+    let (writer, mut readers, report) = open_for(cfg, &[cursor::DEFAULT_SINK])?;
     Ok((writer, readers.remove(0), report))
 }
 
@@ -818,6 +819,16 @@ impl SpoolReader {
         }
         self.shared.freed.notify_one();
         Ok(())
+    }
+
+    /// Bytes the slowest reader has not committed: what the spool keeps (the spool gauges).
+    pub fn spool_pending_bytes(&self) -> u64 {
+        self.shared.pending_bytes()
+    }
+
+    /// Age of the oldest reading some reader has not committed.
+    pub fn spool_oldest_age(&self) -> std::time::Duration {
+        self.shared.oldest_pending_age()
     }
 
     /// Bytes this reader has not committed, approximately (for logs and tests).
