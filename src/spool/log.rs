@@ -531,6 +531,16 @@ impl SpoolWriter {
         self.shared.oldest_pending_age()
     }
 
+    /// What each reader (in the order of `open_for`'s sinks) has not committed: bytes, and the
+    /// age of its oldest reading.
+    pub fn lags(&self) -> Vec<(u64, std::time::Duration)> {
+        let s = self.shared.lock();
+        s.committed
+            .iter()
+            .map(|c| (s.bytes_after(*c), s.age_after(*c)))
+            .collect()
+    }
+
     /// Bytes on disk, delivered segments excluded.
     pub fn total_bytes(&self) -> u64 {
         self.shared.lock().total_bytes()

@@ -361,6 +361,15 @@ impl Telemetry {
         }
     }
 
+    /// Every sink's lag, in the order of [`Telemetry::set_sinks`] (from the spool stage, so it
+    /// moves while a sink is stuck retrying).
+    pub(crate) fn sink_lags(&self, lags: &[(u64, Duration)]) {
+        let names = self.sinks.read().unwrap_or_else(|e| e.into_inner()).clone();
+        for (name, (bytes, age)) in names.iter().zip(lags) {
+            self.sink_lag(name, *bytes, *age);
+        }
+    }
+
     pub(crate) fn spool_state(&self, bytes: u64, oldest_age: Duration) {
         metrics::gauge!(m::SPOOL_BYTES).set(bytes as f64);
         metrics::gauge!(m::SPOOL_OLDEST_AGE).set(oldest_age.as_secs_f64());
