@@ -277,6 +277,24 @@ impl Settings {
             .starts_with("https://")
             .then_some(&self.influx.tls);
         out.push(tls("influx.tls", influx_tls));
+        // The primary is reported as influx.* above; the other [[sink]]s under their names.
+        for sink in self.sinks.iter().skip(1) {
+            let i = &sink.influx;
+            let source =
+                |s: Option<&Secret>| s.map_or("not set".to_string(), |s| s.source().to_string());
+            out.push(format!(
+                "sink.{}.token: {}",
+                sink.name,
+                source(Some(&i.token))
+            ));
+            out.push(format!(
+                "sink.{}.password: {}",
+                sink.name,
+                source(i.basic_auth.as_ref().map(|(_, p)| p))
+            ));
+            let files = i.url.starts_with("https://").then_some(&i.tls);
+            out.push(tls(&format!("sink.{}.tls", sink.name), files));
+        }
         out
     }
 }
