@@ -1,9 +1,10 @@
 //! The spool's log: an append-only log of segments under `<state.dir>/spool/`.
 //!
 //! Record layout: `len: u32 LE | crc32: u32 LE | body`, body = `topic_len: u16 LE | topic |
-//! readings: u32 LE | line protocol`. The writer appends and fsyncs in groups; the reader only
-//! reads what is synced, and commits a position once the store took it (in the [`super::cursor`],
-//! written in place). Fully consumed segments are deleted, and their folder fsynced. On open, a
+//! readings: u32 LE | line protocol`. The writer appends and fsyncs in groups; each sink has its
+//! own reader, which only reads what is synced and commits a position once its store took it (in
+//! its own [`super::cursor`], written in place). Segments every reader has passed are deleted,
+//! and their folder fsynced; the room left under `max_bytes` counts from the slowest reader. On open, a
 //! record whose length or checksum is wrong is searched past: with no valid record after it, it
 //! is a torn tail (SIGKILL, power loss) and is cut; with records after it, the bad range is
 //! copied into `quarantine/`, stepped over by the reader, logged and counted, and nothing after
