@@ -101,42 +101,39 @@ pub(crate) async fn run(
         if lines > 0 {
             let write_started = Instant::now();
             let refs = line_refs(&records);
+            match deliver(
+                sink.as_mut(),
+                &refs,
+                &limits,
+                &mut pace,
+                &telemetry,
+                &abandon,
+            )
+            .await
             {
-                match deliver(
-                    sink.as_mut(),
-                    &refs,
-                    &limits,
-                    &mut pace,
-                    &telemetry,
-                    &abandon,
-                )
-                .await
-                {
-                    Ok(refused) => {
-                        match dead_letter(sink.name(), &records, &refs, &refused, &dead, &telemetry)
-                        {
-                            Ok(()) => {}
-                            // Not durable, so not committed: read the batch again after a while.
-                            Err(e) if is_disk_full(&e) => {
-                                dead_full = true;
-                                block(|| lock(&dead).discard_unsynced())?;
-                                let what = "dead letters of refused lines";
-                                if !pause(&mut spool, what, &e, &telemetry, &abandon).await {
-                                    return Ok(());
-                                }
-                                continue 'batches;
+                Ok(refused) => {
+                    match dead_letter(sink.name(), &records, &refs, &refused, &dead, &telemetry) {
+                        Ok(()) => {}
+                        // Not durable, so not committed: read the batch again after a while.
+                        Err(e) if is_disk_full(&e) => {
+                            dead_full = true;
+                            block(|| lock(&dead).discard_unsynced())?;
+                            let what = "dead letters of refused lines";
+                            if !pause(&mut spool, what, &e, &telemetry, &abandon).await {
+                                return Ok(());
                             }
-                            Err(e) => {
-                                return Err(anyhow::anyhow!(
-                                    "cannot write the dead letters of refused lines: {e}"
-                                ))
-                            }
+                            continue 'batches;
+                        }
+                        Err(e) => {
+                            return Err(anyhow::anyhow!(
+                                "cannot write the dead letters of refused lines: {e}"
+                            ))
                         }
                     }
-                    Err(Abandoned) => {
-                        telemetry.drain_abandoned(spool.pending_bytes());
-                        return Ok(());
-                    }
+                }
+                Err(Abandoned) => {
+                    telemetry.drain_abandoned(spool.pending_bytes());
+                    return Ok(());
                 }
             }
             telemetry.sink_written(sink.name(), lines);
