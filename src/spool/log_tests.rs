@@ -1,6 +1,7 @@
 //! The segment log: order, recovery, limits, checksums.
 
 use super::*;
+use crate::spool::record::read_record;
 
 fn cfg(dir: &Path, max: u64, seg: u64) -> SpoolConfig {
     SpoolConfig {

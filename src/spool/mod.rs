@@ -4,6 +4,7 @@
 
 mod cursor;
 mod log;
+mod reader;
 mod record;
 pub(crate) mod stage;
 
