@@ -41,7 +41,11 @@ pub async fn run(
     settings: Settings,
     log: logging::LevelHandle,
 ) -> anyhow::Result<()> {
-    let sinks: Vec<Box<dyn Sink>> = vec![Box::new(InfluxSink::new(&settings.influx)?)];
+    let mut sinks: Vec<Box<dyn Sink>> = Vec::with_capacity(settings.sinks.len());
+    for s in &settings.sinks {
+        let inner = Box::new(InfluxSink::new(&s.influx)?);
+        sinks.push(Box::new(Named::new(&s.name, inner)));
+    }
     let shutdown = CancellationToken::new();
     let telemetry = Arc::new(Telemetry::default());
     tokio::spawn({
@@ -129,12 +133,17 @@ pub(crate) async fn pipeline(
     } = control;
     let dead = Arc::new(Mutex::new(open_dead_letters(&settings.state_dir)?));
     let spool_dir = settings.state_dir.join("spool");
-    let (spool_writer, spool_reader, report) = spool::open(SpoolConfig {
-        dir: spool_dir.clone(),
-        max_bytes: settings.spool.max_bytes,
-        segment_bytes: settings.spool.segment_bytes,
-    })
+    let names: Vec<&str> = sinks.iter().map(|s| s.name()).collect();
+    let (spool_writer, spool_readers, report) = spool::open_for(
+        SpoolConfig {
+            dir: spool_dir.clone(),
+            max_bytes: settings.spool.max_bytes,
+            segment_bytes: settings.spool.segment_bytes,
+        },
+        &names,
+    )
     .map_err(|e| state_error("spool", &settings.state_dir, e))?;
+    telemetry.set_sinks(&names.iter().map(|n| n.to_string()).collect::<Vec<_>>());
     telemetry.spool_opened(
         &spool_dir,
         report.segments,
@@ -192,14 +201,27 @@ pub(crate) async fn pipeline(
         max_age: settings.batch.max_age,
         retry_max: settings.batch.retry_max,
     };
-    let mut batcher = tokio::spawn(batch::run(
-        spool_reader,
-        sinks,
-        limits,
-        dead,
-        telemetry,
-        abandon.clone(),
-    ));
+    // One batch task per sink, each with its own reader and retries: a store that is down
+    // holds back only itself (until its backlog fills the spool: then intake stops for all).
+    let mut batches = tokio::task::JoinSet::new();
+    for (i, (reader, sink)) in spool_readers.into_iter().zip(sinks).enumerate() {
+        batches.spawn(batch::run(
+            reader,
+            sink,
+            i == 0,
+            limits.clone(),
+            dead.clone(),
+            telemetry.clone(),
+            abandon.clone(),
+        ));
+    }
+    let mut batcher = tokio::spawn(async move {
+        // The first to fail stops the stage (the others are aborted with the set).
+        while let Some(r) = batches.join_next().await {
+            joined(r)?;
+        }
+        anyhow::Ok(())
+    });
 
     // Run until asked to stop, or until a stage fails.
     let early: Option<anyhow::Result<()>> = tokio::select! {
@@ -238,6 +260,33 @@ pub(crate) async fn pipeline(
     finish.cancel();
     let _ = source.await;
     spooled.and(batched)
+}
+
+/// A sink under its configured name (`[[sink]] name`), for cursors, logs and metric labels.
+struct Named {
+    name: &'static str,
+    inner: Box<dyn Sink>,
+}
+
+impl Named {
+    /// The name is leaked: once per configured sink at start (a handful), and `Sink::name` is
+    /// `&'static str`.
+    fn new(name: &str, inner: Box<dyn Sink>) -> Named {
+        Named {
+            name: Box::leak(name.to_string().into_boxed_str()),
+            inner,
+        }
+    }
+}
+
+impl Sink for Named {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn write<'a>(&'a mut self, body: &'a [u8]) -> crate::sink::WriteFuture<'a> {
+        self.inner.write(body)
+    }
 }
 
 fn joined(r: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {

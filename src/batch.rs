@@ -48,17 +48,21 @@ pub(crate) struct RefusedLine {
     pub error: SinkError,
 }
 
-/// Runs until the spool writer is gone and everything is delivered, or until `abandon` fires.
+/// One sink's batch task: runs until the spool writer is gone and everything is delivered to
+/// `sink`, or until `abandon` fires. Every sink has its own task and its own reader (cursor),
+/// so one store's outage or slowness never holds back another's writes; `primary` (the first
+/// sink) is the one `urbanflux_readings_written_total` and readiness follow.
 pub(crate) async fn run(
     mut spool: SpoolReader,
-    mut sinks: Vec<Box<dyn Sink>>,
+    mut sink: Box<dyn Sink>,
+    primary: bool,
     limits: BatchLimits,
     dead: Arc<Mutex<DeadLetters>>,
     telemetry: Arc<Telemetry>,
     abandon: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut beat = tokio::time::interval(BEAT_EVERY);
-    let mut paces = vec![Pace::default(); sinks.len()];
+    let mut pace = Pace::default();
     let mut dead_full = false;
     'batches: loop {
         telemetry.beats.beat(Stage::Batch);
@@ -97,36 +101,45 @@ pub(crate) async fn run(
         if lines > 0 {
             let write_started = Instant::now();
             let refs = line_refs(&records);
-            for (sink, pace) in sinks.iter_mut().zip(paces.iter_mut()) {
-                match deliver(sink.as_mut(), &refs, &limits, pace, &telemetry, &abandon).await {
-                    Ok(refused) => {
-                        match dead_letter(sink.name(), &records, &refs, &refused, &dead, &telemetry)
-                        {
-                            Ok(()) => {}
-                            // Not durable, so not committed: read the batch again after a while.
-                            Err(e) if is_disk_full(&e) => {
-                                dead_full = true;
-                                block(|| lock(&dead).discard_unsynced())?;
-                                let what = "dead letters of refused lines";
-                                if !pause(&mut spool, what, &e, &telemetry, &abandon).await {
-                                    return Ok(());
-                                }
-                                continue 'batches;
+            match deliver(
+                sink.as_mut(),
+                &refs,
+                &limits,
+                &mut pace,
+                &telemetry,
+                &abandon,
+            )
+            .await
+            {
+                Ok(refused) => {
+                    match dead_letter(sink.name(), &records, &refs, &refused, &dead, &telemetry) {
+                        Ok(()) => {}
+                        // Not durable, so not committed: read the batch again after a while.
+                        Err(e) if is_disk_full(&e) => {
+                            dead_full = true;
+                            block(|| lock(&dead).discard_unsynced())?;
+                            let what = "dead letters of refused lines";
+                            if !pause(&mut spool, what, &e, &telemetry, &abandon).await {
+                                return Ok(());
                             }
-                            Err(e) => {
-                                return Err(anyhow::anyhow!(
-                                    "cannot write the dead letters of refused lines: {e}"
-                                ))
-                            }
+                            continue 'batches;
+                        }
+                        Err(e) => {
+                            return Err(anyhow::anyhow!(
+                                "cannot write the dead letters of refused lines: {e}"
+                            ))
                         }
                     }
-                    Err(Abandoned) => {
-                        telemetry.drain_abandoned(spool.pending_bytes());
-                        return Ok(());
-                    }
+                }
+                Err(Abandoned) => {
+                    telemetry.drain_abandoned(spool.pending_bytes());
+                    return Ok(());
                 }
             }
-            telemetry.batch_written(lines, write_started.elapsed());
+            telemetry.sink_written(sink.name(), lines);
+            if primary {
+                telemetry.batch_written(lines, write_started.elapsed());
+            }
         }
         match block(|| spool.commit(upto)) {
             Ok(()) if dead_full => {
@@ -145,7 +158,12 @@ pub(crate) async fn run(
             }
             Err(e) => return Err(anyhow::anyhow!("cannot write the spool cursor: {e}")),
         }
-        telemetry.spool_state(spool.pending_bytes(), spool.oldest_pending_age());
+        telemetry.sink_lag(
+            sink.name(),
+            spool.pending_bytes(),
+            spool.oldest_pending_age(),
+        );
+        telemetry.spool_state(spool.spool_pending_bytes(), spool.spool_oldest_age());
     }
     Ok(())
 }

@@ -432,7 +432,8 @@ async fn a_refused_line_whose_dead_letter_cannot_be_written_keeps_the_batch_unco
     let abandon = CancellationToken::new();
     let stage = tokio::spawn(run(
         reader,
-        vec![Box::new(sink)],
+        Box::new(sink),
+        true,
         limits(),
         dead,
         t.clone(),

@@ -5,6 +5,7 @@
 
 mod raw;
 mod secret;
+mod sinks;
 pub mod tls;
 mod validate;
 
@@ -18,6 +19,7 @@ use crate::registry::Registry;
 use crate::rules::Rule;
 
 pub use secret::{Secret, SecretSource};
+pub use sinks::DEFAULT_SINK;
 pub use tls::TlsFiles;
 
 /// The shipped default configuration, also what `urbanflux demo` runs on.
@@ -26,7 +28,10 @@ pub const DEFAULT_CONFIG: &str = include_str!("../../config/urbanflux.toml");
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub mqtt: MqttSettings,
+    /// The primary store: the first of `sinks` (readiness and `replay` use it).
     pub influx: InfluxSettings,
+    /// Every store written to, each with its own spool cursor (`[influx]` alone: one, "influx").
+    pub sinks: Vec<SinkSettings>,
     pub batch: BatchSettings,
     pub spool: SpoolSettings,
     /// How long a shutdown may spend draining the spool into the store.
@@ -142,6 +147,13 @@ pub enum InfluxApi {
         database: String,
         retention_policy: String,
     },
+}
+
+/// One store of `[[sink]]` (or `[influx]`, named "influx").
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkSettings {
+    pub name: String,
+    pub influx: InfluxSettings,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -271,6 +283,24 @@ impl Settings {
             .starts_with("https://")
             .then_some(&self.influx.tls);
         out.push(tls("influx.tls", influx_tls));
+        // The primary is reported as influx.* above; the other [[sink]]s under their names.
+        for sink in self.sinks.iter().skip(1) {
+            let i = &sink.influx;
+            let source =
+                |s: Option<&Secret>| s.map_or("not set".to_string(), |s| s.source().to_string());
+            out.push(format!(
+                "sink.{}.token: {}",
+                sink.name,
+                source(Some(&i.token))
+            ));
+            out.push(format!(
+                "sink.{}.password: {}",
+                sink.name,
+                source(i.basic_auth.as_ref().map(|(_, p)| p))
+            ));
+            let files = i.url.starts_with("https://").then_some(&i.tls);
+            out.push(tls(&format!("sink.{}.tls", sink.name), files));
+        }
         out
     }
 }
@@ -327,6 +357,15 @@ pub fn restart_only_changes(old: &Settings, new: &Settings) -> Vec<&'static str>
         ("influx.timeout", oi.timeout != ni.timeout),
         ("influx.gzip", oi.gzip != ni.gzip),
         ("influx.tls", oi.tls != ni.tls),
+        // The primary's keys are named above; the others and the names as one.
+        (
+            "sink",
+            old.sinks
+                .iter()
+                .map(|s| &s.name)
+                .ne(new.sinks.iter().map(|s| &s.name))
+                || old.sinks.get(1..) != new.sinks.get(1..),
+        ),
         ("batch", ob != nb),
         ("spool", os != ns),
         ("state.dir", old.state_dir != new.state_dir),

@@ -12,7 +12,11 @@ use crate::error::ConfigError;
 #[serde(deny_unknown_fields)]
 pub(super) struct Raw {
     pub(super) mqtt: RawMqtt,
-    pub(super) influx: RawInflux,
+    /// The single store, the sink named "influx"; or `[[sink]]` entries instead.
+    #[serde(default)]
+    pub(super) influx: Option<RawInflux>,
+    #[serde(default, rename = "sink")]
+    pub(super) sinks: Vec<RawInflux>,
     #[serde(default)]
     pub(super) batch: RawBatch,
     #[serde(default)]
@@ -120,6 +124,9 @@ fn default_reconnect_max() -> String {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawInflux {
+    /// `[[sink]]` only: the sink's name (metrics label, cursor file).
+    #[serde(default)]
+    pub(super) name: String,
     #[serde(default = "default_api")]
     pub(super) api: String,
     pub(super) url: String,

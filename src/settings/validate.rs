@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::raw::RawDevices;
-use super::raw::{Raw, RawSpool};
+use super::raw::{Raw, RawInflux, RawSpool};
 use super::secret::secret;
+use super::sinks::sinks;
 use super::{
     BatchSettings, DevicesSettings, InfluxApi, InfluxSettings, MqttConnect, MqttSettings, Protocol,
     Settings, SpoolSettings,
@@ -133,7 +134,7 @@ fn is_loopback(url: &str) -> bool {
 }
 
 impl Raw {
-    pub(super) fn validate(mut self) -> Result<Settings, ConfigError> {
+    pub(super) fn validate(self) -> Result<Settings, ConfigError> {
         let (host, port, tls_on) = parse_mqtt_url(&self.mqtt.url)?;
         let protocol = match self.mqtt.protocol.trim() {
             "5" | "5.0" => Protocol::V5,
@@ -224,12 +225,6 @@ impl Raw {
             )?;
             Some((self.mqtt.username, password))
         };
-        let token = secret(
-            "influx.token",
-            std::mem::take(&mut self.influx.token),
-            &self.influx.token_file,
-            "influx-token",
-        )?;
         let reconnect_min = duration("mqtt.reconnect_min", &self.mqtt.reconnect_min)?;
         let reconnect_max = duration("mqtt.reconnect_max", &self.mqtt.reconnect_max)?;
         if reconnect_min > reconnect_max || reconnect_min.is_zero() {
@@ -240,85 +235,7 @@ impl Raw {
             ));
         }
 
-        let url = self.influx.url.trim_end_matches('/').to_string();
-        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
-            return Err(err(
-                "influx.url",
-                format!("{url:?} is not an http(s) URL"),
-                "write http://HOST:PORT, e.g. http://127.0.0.1:8086",
-            ));
-        }
-        let api = match self.influx.api.as_str() {
-            "v2" => {
-                non_empty(
-                    "influx.org",
-                    &self.influx.org,
-                    "set the InfluxDB organisation name",
-                )?;
-                non_empty(
-                    "influx.bucket",
-                    &self.influx.bucket,
-                    "set the InfluxDB bucket name",
-                )?;
-                InfluxApi::V2 {
-                    org: self.influx.org,
-                    bucket: self.influx.bucket,
-                }
-            }
-            "v1" => {
-                non_empty(
-                    "influx.database",
-                    &self.influx.database,
-                    "set the InfluxDB 1.x database (api = \"v1\" writes through /write?db=...)",
-                )?;
-                InfluxApi::V1 {
-                    database: self.influx.database,
-                    retention_policy: self.influx.retention_policy,
-                }
-            }
-            other => {
-                return Err(err(
-                    "influx.api",
-                    format!("{other:?} is not a write API"),
-                    "use \"v2\" (InfluxDB 2.x/3.x, VictoriaMetrics) or \"v1\" (InfluxDB 1.x)",
-                ))
-            }
-        };
-        let basic_auth = if self.influx.username.is_empty() {
-            None
-        } else {
-            let password = secret(
-                "influx.password",
-                std::mem::take(&mut self.influx.password),
-                &self.influx.password_file,
-                "influx-password",
-            )?;
-            Some((std::mem::take(&mut self.influx.username), password))
-        };
-        let influx_tls = super::tls::load("influx.tls", &self.influx.tls, "influx-client-key")?;
-        if influx_tls.server_name.is_some() {
-            return Err(err(
-                "influx.tls.server_name",
-                "is not supported for the store",
-                "remove it and write the name the store's certificate carries in influx.url",
-            ));
-        }
-        let https = url.starts_with("https://");
-        if !https && !influx_tls.is_empty() {
-            return Err(err(
-                "influx.tls",
-                "TLS files are set but influx.url is http://",
-                "write https://HOST:PORT in influx.url, or remove the influx.tls keys",
-            ));
-        }
-        let sends_secret = !token.is_empty() || basic_auth.is_some();
-        if !https && sends_secret && !is_loopback(&url) && !self.influx.allow_insecure {
-            return Err(err(
-                "influx.url",
-                format!("{url} is plain http to another host: the token or password would cross the network in clear"),
-                "use https:// (with influx.tls.ca_file for a private CA), or set influx.allow_insecure = true if this is meant",
-            ));
-        }
+        let sinks = sinks(self.influx, self.sinks)?;
 
         let max_lines = NonZeroUsize::new(self.batch.max_lines).ok_or_else(|| {
             err(
@@ -387,15 +304,8 @@ impl Raw {
                 reconnect_max,
                 expected_interval,
             },
-            influx: InfluxSettings {
-                url,
-                api,
-                token,
-                basic_auth,
-                timeout: duration("influx.timeout", &self.influx.timeout)?,
-                gzip: self.influx.gzip,
-                tls: influx_tls,
-            },
+            influx: sinks[0].influx.clone(),
+            sinks,
             batch: BatchSettings {
                 max_lines,
                 max_age,
@@ -515,6 +425,114 @@ impl RawDevices {
             forget_after,
         })
     }
+}
+
+/// One store's keys (`[influx]` or a `[[sink]]` entry) checked; `section` prefixes the keys in
+/// errors, `credential` the systemd credential names.
+pub(super) fn influx(
+    section: &str,
+    credential: &str,
+    mut raw: RawInflux,
+) -> Result<InfluxSettings, ConfigError> {
+    let token = secret(
+        &format!("{section}.token"),
+        std::mem::take(&mut raw.token),
+        &raw.token_file,
+        &format!("{credential}-token"),
+    )?;
+    let url = raw.url.trim_end_matches('/').to_string();
+    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+        return Err(err(
+            format!("{section}.url"),
+            format!("{url:?} is not an http(s) URL"),
+            "write http://HOST:PORT, e.g. http://127.0.0.1:8086",
+        ));
+    }
+    let api = match raw.api.as_str() {
+        "v2" => {
+            non_empty(
+                &format!("{section}.org"),
+                &raw.org,
+                "set the InfluxDB organisation name",
+            )?;
+            non_empty(
+                &format!("{section}.bucket"),
+                &raw.bucket,
+                "set the InfluxDB bucket name",
+            )?;
+            InfluxApi::V2 {
+                org: raw.org,
+                bucket: raw.bucket,
+            }
+        }
+        "v1" => {
+            non_empty(
+                &format!("{section}.database"),
+                &raw.database,
+                "set the InfluxDB 1.x database (api = \"v1\" writes through /write?db=...)",
+            )?;
+            InfluxApi::V1 {
+                database: raw.database,
+                retention_policy: raw.retention_policy,
+            }
+        }
+        other => {
+            return Err(err(
+                format!("{section}.api"),
+                format!("{other:?} is not a write API"),
+                "use \"v2\" (InfluxDB 2.x/3.x, VictoriaMetrics) or \"v1\" (InfluxDB 1.x)",
+            ))
+        }
+    };
+    let basic_auth = if raw.username.is_empty() {
+        None
+    } else {
+        let password = secret(
+            &format!("{section}.password"),
+            std::mem::take(&mut raw.password),
+            &raw.password_file,
+            &format!("{credential}-password"),
+        )?;
+        Some((std::mem::take(&mut raw.username), password))
+    };
+    let influx_tls = super::tls::load(
+        &format!("{section}.tls"),
+        &raw.tls,
+        &format!("{credential}-client-key"),
+    )?;
+    if influx_tls.server_name.is_some() {
+        return Err(err(
+            format!("{section}.tls.server_name"),
+            "is not supported for the store",
+            "remove it and write the name the store's certificate carries in influx.url",
+        ));
+    }
+    let https = url.starts_with("https://");
+    if !https && !influx_tls.is_empty() {
+        return Err(err(
+            format!("{section}.tls"),
+            "TLS files are set but influx.url is http://",
+            "write https://HOST:PORT in influx.url, or remove the influx.tls keys",
+        ));
+    }
+    let sends_secret = !token.is_empty() || basic_auth.is_some();
+    if !https && sends_secret && !is_loopback(&url) && !raw.allow_insecure {
+        return Err(err(
+            format!("{section}.url"),
+            format!("{url} is plain http to another host: the token or password would cross the network in clear"),
+            "use https:// (with influx.tls.ca_file for a private CA), or set influx.allow_insecure = true if this is meant",
+        ));
+    }
+
+    Ok(InfluxSettings {
+        url,
+        api,
+        token,
+        basic_auth,
+        timeout: duration(&format!("{section}.timeout"), &raw.timeout)?,
+        gzip: raw.gzip,
+        tls: influx_tls,
+    })
 }
 
 #[cfg(test)]

@@ -16,6 +16,26 @@ use std::path::Path;
 use super::log::Position;
 
 pub(crate) const FILE_NAME: &str = "cursor.slots";
+/// The sink whose cursor is [`FILE_NAME`] (the single sink of `[influx]` before `[[sink]]`), so
+/// that an upgrade resumes where it was; any other sink's is `cursor.<name>.slots`.
+pub(crate) use crate::settings::DEFAULT_SINK;
+
+/// The cursor file of the sink called `name`.
+pub(crate) fn file_name(name: &str) -> String {
+    if name == DEFAULT_SINK {
+        FILE_NAME.to_string()
+    } else {
+        format!("cursor.{name}.slots")
+    }
+}
+
+/// The sink a cursor file belongs to, for a file name that is a cursor.
+pub(crate) fn sink_of(file: &str) -> Option<&str> {
+    if file == FILE_NAME {
+        return Some(DEFAULT_SINK);
+    }
+    file.strip_prefix("cursor.")?.strip_suffix(".slots")
+}
 /// The text cursor of earlier versions (`<segment> <offset>`), read once if no slot is valid.
 const LEGACY_FILE: &str = "cursor";
 const MAGIC: u32 = 0x5546_4331; // "UFC1"
@@ -62,12 +82,12 @@ fn read_legacy(dir: &Path) -> Option<Position> {
 }
 
 /// Creates the preallocated file (zeros written, so its blocks exist) and its directory entry.
-fn create(dir: &Path) -> io::Result<()> {
-    let tmp = dir.join(format!("{FILE_NAME}.tmp"));
+fn create(dir: &Path, name: &str) -> io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
     let f = File::create(&tmp)?;
     f.write_all_at(&vec![0u8; FILE_BYTES as usize], 0)?;
     f.sync_all()?;
-    fs::rename(&tmp, dir.join(FILE_NAME))?;
+    fs::rename(&tmp, dir.join(name))?;
     sync_dir(dir)
 }
 
@@ -76,12 +96,19 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 impl Cursor {
-    /// Opens the cursor of `dir` (creating it the first time) and the position it holds.
+    /// Opens the cursor of the default sink (see [`Cursor::open_named`]).
+    #[cfg(test)]
     pub(crate) fn open(dir: &Path) -> io::Result<(Cursor, Option<Position>)> {
-        let path = dir.join(FILE_NAME);
-        let fresh = !path.exists();
-        if fresh {
-            create(dir)?;
+        Cursor::open_named(dir, DEFAULT_SINK)
+    }
+
+    /// Opens the cursor of sink `sink` in `dir` (creating it the first time) and the position it
+    /// holds. Only the default sink takes over a text cursor of an earlier version.
+    pub(crate) fn open_named(dir: &Path, sink: &str) -> io::Result<(Cursor, Option<Position>)> {
+        let name = file_name(sink);
+        let path = dir.join(&name);
+        if !path.exists() {
+            create(dir, &name)?;
         }
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
         let mut best: Option<(u64, Position)> = None;
@@ -102,6 +129,7 @@ impl Cursor {
         };
         let position = match best {
             Some((_, p)) => Some(p),
+            None if sink != DEFAULT_SINK => None,
             None => {
                 let legacy = read_legacy(dir);
                 if let Some(p) = legacy {

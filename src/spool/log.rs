@@ -1,9 +1,10 @@
 //! The spool's log: an append-only log of segments under `<state.dir>/spool/`.
 //!
 //! Record layout: `len: u32 LE | crc32: u32 LE | body`, body = `topic_len: u16 LE | topic |
-//! readings: u32 LE | line protocol`. The writer appends and fsyncs in groups; the reader only
-//! reads what is synced, and commits a position once the store took it (in the [`super::cursor`],
-//! written in place). Fully consumed segments are deleted, and their folder fsynced. On open, a
+//! readings: u32 LE | line protocol`. The writer appends and fsyncs in groups; each sink has its
+//! own reader, which only reads what is synced and commits a position once its store took it (in
+//! its own [`super::cursor`], written in place). Segments every reader has passed are deleted,
+//! and their folder fsynced; the room left under `max_bytes` counts from the slowest reader. On open, a
 //! record whose length or checksum is wrong is searched past: with no valid record after it, it
 //! is a torn tail (SIGKILL, power loss) and is cut; with records after it, the bad range is
 //! copied into `quarantine/`, stepped over by the reader, logged and counted, and nothing after
@@ -16,16 +17,17 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Seek, SeekFrom, Write};
+use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 use tracing::{error, warn};
 
-use super::cursor::{sync_dir, Cursor};
+use super::cursor::{self, sync_dir, Cursor};
+pub use super::reader::SpoolReader;
 pub use super::record::{encode, Quarantined};
-use super::record::{quarantine, read_record, scan_segment};
+use super::record::{quarantine, scan_segment};
 
 pub(super) const HEADER: usize = 8;
 /// A record body above this is corrupt, not large: no message makes a 64 MiB record.
@@ -59,30 +61,54 @@ pub struct OpenReport {
     pub quarantined: Vec<Quarantined>,
     /// The cursor pointed inside a record and was moved to its start.
     pub cursor_moved: bool,
+    /// Sinks whose cursor file was found but which are not configured (ignored).
+    pub ignored_cursors: Vec<String>,
 }
 
 #[derive(Debug, Default)]
-struct State {
+pub(super) struct State {
     /// (end of a synced group, when it was synced): the age of the oldest pending reading.
-    sync_times: std::collections::VecDeque<(Position, std::time::Instant)>,
+    pub(super) sync_times: std::collections::VecDeque<(Position, std::time::Instant)>,
     /// Segment id -> its length on disk.
-    segments: BTreeMap<u64, u64>,
+    pub(super) segments: BTreeMap<u64, u64>,
     /// End of what is on disk and synced: the reader never reads past it.
-    synced: Position,
-    /// Where the reader resumes: everything before is in the store.
-    committed: Position,
+    pub(super) synced: Position,
+    /// Where each reader resumes (one per sink): everything before is in that sink's store.
+    pub(super) committed: Vec<Position>,
     /// Quarantined ranges the reader steps over: start -> end offset in the same segment.
-    skips: BTreeMap<Position, u64>,
+    pub(super) skips: BTreeMap<Position, u64>,
 }
 
 impl State {
-    fn total_bytes(&self) -> u64 {
+    pub(super) fn total_bytes(&self) -> u64 {
         self.segments.values().sum()
+    }
+
+    /// The slowest reader's position: what the spool still has to keep.
+    pub(super) fn low(&self) -> Position {
+        self.committed.iter().min().copied().unwrap_or_default()
+    }
+
+    /// Bytes from `p` to the end, approximately.
+    pub(super) fn bytes_after(&self, p: Position) -> u64 {
+        let from: u64 = self.segments.range(p.segment..).map(|(_, l)| *l).sum();
+        from.saturating_sub(p.offset)
+    }
+
+    /// How long the oldest reading after `p` has waited (zero when none).
+    pub(super) fn age_after(&self, p: Position) -> std::time::Duration {
+        if !self.has_data_after(p) {
+            return std::time::Duration::ZERO;
+        }
+        self.sync_times
+            .iter()
+            .find(|(end, _)| *end > p)
+            .map_or(std::time::Duration::ZERO, |(_, t)| t.elapsed())
     }
 
     /// True when synced bytes exist at or after `p`, or a later segment the reader can move to
     /// (committing there deletes the one it leaves: how a full disk gets its space back).
-    fn has_data_after(&self, p: Position) -> bool {
+    pub(super) fn has_data_after(&self, p: Position) -> bool {
         if p.segment > self.synced.segment {
             return false;
         }
@@ -111,35 +137,31 @@ impl State {
 }
 
 #[derive(Debug, Default)]
-struct Shared {
-    state: Mutex<State>,
+pub(super) struct Shared {
+    pub(super) state: Mutex<State>,
     /// Set when the writer is gone: once caught up, the reader is done.
-    closed: std::sync::atomic::AtomicBool,
-    /// Rung by the writer after a sync.
-    synced: Notify,
+    pub(super) closed: std::sync::atomic::AtomicBool,
+    /// Rung by the writer after a sync (every reader wakes: `notify_waiters`).
+    pub(super) synced: Notify,
     /// Rung by the reader after a commit freed space.
-    freed: Notify,
+    pub(super) freed: Notify,
 }
 
 impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn pending_bytes(&self) -> u64 {
+    /// Bytes the slowest reader has not committed.
+    pub(super) fn pending_bytes(&self) -> u64 {
         let s = self.lock();
-        s.total_bytes().saturating_sub(s.committed.offset)
+        s.bytes_after(s.low())
     }
 
     /// Readings recovered at start count from the time of opening.
-    fn oldest_pending_age(&self) -> std::time::Duration {
+    pub(super) fn oldest_pending_age(&self) -> std::time::Duration {
         let s = self.lock();
-        if !s.has_data_after(s.committed) {
-            return std::time::Duration::ZERO;
-        }
-        s.sync_times
-            .front()
-            .map_or(std::time::Duration::ZERO, |(_, t)| t.elapsed())
+        s.age_after(s.low())
     }
 }
 
@@ -147,39 +169,87 @@ pub(super) fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:020}.seg"))
 }
 
-/// Opens (or creates) the spool, recovering from a crash.
+/// Opens (or creates) the spool with the one default reader, recovering from a crash.
+#[cfg(test)]
 pub fn open(cfg: SpoolConfig) -> io::Result<(SpoolWriter, SpoolReader, OpenReport)> {
+    let (writer, mut readers, report) = open_for(cfg, &[cursor::DEFAULT_SINK])?;
+    Ok((writer, readers.remove(0), report))
+}
+
+/// Cursor files of sinks not in `sinks` (a sink removed from the configuration): left on disk,
+/// but not read, so they pin no segment.
+fn unknown_cursors(dir: &Path, sinks: &[&str]) -> io::Result<Vec<String>> {
+    let mut out: Vec<String> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let file = e.file_name().to_str()?.to_string();
+            let sink = cursor::sink_of(&file)?;
+            (!sinks.contains(&sink)).then(|| sink.to_string())
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// Opens (or creates) the spool with one reader per sink (in the order of `sinks`), each with
+/// its own cursor, recovering from a crash. A segment stays until every reader passed it. A sink
+/// without a cursor yet starts where the slowest other sink is (or at the oldest segment).
+pub fn open_for(
+    cfg: SpoolConfig,
+    sinks: &[&str],
+) -> io::Result<(SpoolWriter, Vec<SpoolReader>, OpenReport)> {
     fs::create_dir_all(&cfg.dir)?;
     let mut ids: Vec<u64> = fs::read_dir(&cfg.dir)?
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str()?.strip_suffix(".seg")?.parse().ok())
         .collect();
     ids.sort_unstable();
-    let (cursor_file, mut cursor) = Cursor::open(&cfg.dir)?;
+    let mut report = OpenReport {
+        ignored_cursors: unknown_cursors(&cfg.dir, sinks)?,
+        ..Default::default()
+    };
+    for sink in &report.ignored_cursors {
+        warn!(sink = %sink, "spool: a cursor of a sink no longer configured is ignored (its file stays)");
+    }
+    let mut files = Vec::with_capacity(sinks.len());
+    let mut cursors: Vec<Option<Position>> = Vec::with_capacity(sinks.len());
+    for sink in sinks {
+        let (file, position) = Cursor::open_named(&cfg.dir, sink)?;
+        files.push(file);
+        cursors.push(position);
+    }
+    // Everything before the slowest known cursor is delivered everywhere.
+    let oldest = cursors.iter().flatten().min().copied();
     let mut state = State::default();
-    let mut report = OpenReport::default();
     let mut removed = false;
     for id in ids {
         let path = segment_path(&cfg.dir, id);
-        if cursor.is_some_and(|c| id < c.segment) {
+        if oldest.is_some_and(|c| id < c.segment) {
             fs::remove_file(&path)?; // delivered before the crash, not yet deleted
             removed = true;
             continue;
         }
-        let inside = cursor.filter(|c| c.segment == id).map(|c| c.offset);
-        let scan = scan_segment(&path, inside)?;
+        let inside: Vec<u64> = cursors
+            .iter()
+            .flatten()
+            .filter(|c| c.segment == id)
+            .map(|c| c.offset)
+            .collect();
+        let scan = scan_segment(&path, &inside)?;
         report.truncated_bytes += scan.cut;
-        if let (Some(c), Some(floor)) = (cursor.as_mut(), scan.floor) {
-            if floor != c.offset {
-                // A cursor inside a record: resume at its start (a duplicate, not a gap).
-                warn!(
-                    segment = id,
-                    cursor = c.offset,
-                    resume = floor,
-                    "spool: the cursor points inside a record; resuming at the record's start"
-                );
-                report.cursor_moved = true;
-                c.offset = floor;
+        for c in cursors.iter_mut().flatten().filter(|c| c.segment == id) {
+            if let Some(&floor) = scan.floors.get(&c.offset) {
+                if floor != c.offset {
+                    // A cursor inside a record: resume at its start (a duplicate, not a gap).
+                    warn!(
+                        segment = id,
+                        cursor = c.offset,
+                        resume = floor,
+                        "spool: the cursor points inside a record; resuming at the record's start"
+                    );
+                    report.cursor_moved = true;
+                    c.offset = floor;
+                }
             }
         }
         for range in &scan.bad {
@@ -199,26 +269,42 @@ pub fn open(cfg: SpoolConfig) -> io::Result<(SpoolWriter, SpoolReader, OpenRepor
     if removed {
         sync_dir(&cfg.dir)?;
     }
-    let first = state.segments.keys().next().copied();
-    state.committed = match (cursor, first) {
-        (Some(c), Some(f)) if c.segment == f && c.offset <= state.segments[&f] => c,
-        (_, Some(f)) => Position {
-            segment: f,
-            offset: 0,
-        },
-        (Some(c), None) => Position {
-            segment: c.segment,
-            offset: 0,
-        },
-        (None, None) => Position::default(),
-    };
-    // New records go to a fresh segment after the last one.
+    // New records go to a fresh segment after the last one (and never behind a cursor).
     let next_id = state
         .segments
         .keys()
         .next_back()
-        .map_or(state.committed.segment, |l| l + 1)
+        .map(|l| l + 1)
+        .into_iter()
+        .chain(cursors.iter().flatten().map(|c| c.segment))
+        .max()
+        .unwrap_or(0)
         .max(1);
+    let resume = |c: Position| -> Position {
+        match state.segments.get(&c.segment) {
+            Some(len) if c.offset <= *len => c,
+            _ => Position {
+                segment: state
+                    .segments
+                    .range(c.segment..)
+                    .next()
+                    .map_or(next_id, |(id, _)| *id),
+                offset: 0,
+            },
+        }
+    };
+    let floor = match (cursors.iter().flatten().min(), state.segments.keys().next()) {
+        (Some(c), _) => resume(*c),
+        (None, Some(f)) => Position {
+            segment: *f,
+            offset: 0,
+        },
+        (None, None) => Position {
+            segment: next_id,
+            offset: 0,
+        },
+    };
+    state.committed = cursors.iter().map(|c| c.map_or(floor, resume)).collect();
     state.synced = Position {
         segment: next_id,
         offset: 0,
@@ -231,7 +317,7 @@ pub fn open(cfg: SpoolConfig) -> io::Result<(SpoolWriter, SpoolReader, OpenRepor
         };
         state.sync_times.push_back((end, std::time::Instant::now()));
     }
-    report.pending_bytes = state.total_bytes().saturating_sub(state.committed.offset);
+    report.pending_bytes = state.bytes_after(state.low());
     let shared = Arc::new(Shared {
         state: Mutex::new(state),
         ..Default::default()
@@ -245,14 +331,19 @@ pub fn open(cfg: SpoolConfig) -> io::Result<(SpoolWriter, SpoolReader, OpenRepor
         synced_len: 0,
         buf: Vec::with_capacity(64 * 1024),
     };
-    let reader = SpoolReader {
-        dir: cfg.dir,
-        shared,
-        position: None,
-        file: None,
-        cursor: cursor_file,
-    };
-    Ok((writer, reader, report))
+    let readers = files
+        .into_iter()
+        .enumerate()
+        .map(|(index, cursor)| SpoolReader {
+            dir: cfg.dir.clone(),
+            shared: shared.clone(),
+            index,
+            position: None,
+            file: None,
+            cursor,
+        })
+        .collect();
+    Ok((writer, readers, report))
 }
 
 /// The appending half, owned by the spool stage.
@@ -279,6 +370,16 @@ impl SpoolWriter {
         self.shared.oldest_pending_age()
     }
 
+    /// What each reader (in the order of `open_for`'s sinks) has not committed: bytes, and the
+    /// age of its oldest reading.
+    pub fn lags(&self) -> Vec<(u64, std::time::Duration)> {
+        let s = self.shared.lock();
+        s.committed
+            .iter()
+            .map(|c| (s.bytes_after(*c), s.age_after(*c)))
+            .collect()
+    }
+
     /// Bytes on disk, delivered segments excluded.
     pub fn total_bytes(&self) -> u64 {
         self.shared.lock().total_bytes()
@@ -287,7 +388,7 @@ impl SpoolWriter {
     /// True when `need` more bytes fit under the limit.
     pub fn has_room(&self, need: u64) -> bool {
         let s = self.shared.lock();
-        s.total_bytes() + need <= self.cfg.max_bytes || !s.has_data_after(s.committed)
+        s.total_bytes() + need <= self.cfg.max_bytes || !s.has_data_after(s.low())
     }
 
     /// Waits until `need` bytes fit. When the store has taken everything, one record larger than
@@ -398,7 +499,7 @@ impl SpoolWriter {
         }
         s.synced = end;
         drop(s);
-        self.shared.synced.notify_one();
+        self.shared.synced.notify_waiters();
     }
 }
 
@@ -410,173 +511,7 @@ impl Drop for SpoolWriter {
         self.shared
             .closed
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        self.shared.synced.notify_one();
-    }
-}
-
-/// The reading half, owned by the batch stage.
-#[derive(Debug)]
-pub struct SpoolReader {
-    dir: PathBuf,
-    shared: Arc<Shared>,
-    /// Where the next read starts (None: at the committed position).
-    position: Option<Position>,
-    file: Option<(u64, io::BufReader<File>)>,
-    cursor: Cursor,
-}
-
-impl SpoolReader {
-    fn start(&self) -> Position {
-        self.position
-            .unwrap_or_else(|| self.shared.lock().committed)
-    }
-
-    /// Forgets what was read since the last commit: the next read starts at the committed
-    /// position again (a batch that could not be committed).
-    pub fn rewind(&mut self) {
-        self.position = None;
-        self.file = None;
-    }
-
-    /// True when everything synced has been read.
-    pub fn caught_up(&self) -> bool {
-        let p = self.start();
-        !self.shared.lock().has_data_after(p)
-    }
-
-    /// Waits until there is synced data past the read position; `false` when the writer is
-    /// gone and everything has been read.
-    pub async fn wait(&self) -> bool {
-        loop {
-            let notified = self.shared.synced.notified();
-            if !self.caught_up() {
-                return true;
-            }
-            if self.shared.closed.load(std::sync::atomic::Ordering::SeqCst) {
-                return false;
-            }
-            notified.await;
-        }
-    }
-
-    /// Reads up to `max_records` whole records (at least one if any is synced) without waiting,
-    /// stopping once `max_lines` readings are gathered. Returns them and the position after them.
-    pub fn read(
-        &mut self,
-        max_records: usize,
-        max_lines: usize,
-    ) -> io::Result<(Vec<Record>, Position)> {
-        let mut out = Vec::new();
-        let mut pos = self.start();
-        let mut lines = 0usize;
-        while out.len() < max_records && lines < max_lines {
-            let (synced, seg_len, next_seg, skip) = {
-                let s = self.shared.lock();
-                let skip = s.skips.get(&pos).copied();
-                let len = s.segments.get(&pos.segment).copied();
-                let next = s
-                    .segments
-                    .range(pos.segment + 1..)
-                    .next()
-                    .map(|(id, _)| *id);
-                (s.synced, len, next, skip)
-            };
-            if let Some(end) = skip {
-                // A quarantined range: the records after it are read, not it.
-                pos.offset = end;
-                self.file = None;
-                continue;
-            }
-            let limit = if pos.segment == synced.segment {
-                synced.offset
-            } else {
-                seg_len.unwrap_or(0)
-            };
-            if pos.offset >= limit {
-                // End of this segment: move on if a later one exists and this one is finished.
-                match next_seg {
-                    Some(next) if pos.segment < synced.segment => {
-                        pos = Position {
-                            segment: next,
-                            offset: 0,
-                        };
-                        self.file = None;
-                        continue;
-                    }
-                    _ => break,
-                }
-            }
-            let reader = match &mut self.file {
-                Some((id, r)) if *id == pos.segment => r,
-                _ => {
-                    let mut f = File::open(segment_path(&self.dir, pos.segment))?;
-                    f.seek(SeekFrom::Start(pos.offset))?;
-                    self.file = Some((pos.segment, io::BufReader::with_capacity(256 * 1024, f)));
-                    &mut self.file.as_mut().expect("just set").1
-                }
-            };
-            match read_record(reader)? {
-                Some((record, n)) => {
-                    pos.offset += n;
-                    lines += record.readings as usize;
-                    out.push(record);
-                }
-                None => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "spool segment ends before its synced length",
-                    ));
-                }
-            }
-        }
-        self.position = Some(pos);
-        Ok((out, pos))
-    }
-
-    /// Everything before `upto` is in the store: persist the cursor, delete finished segments.
-    /// On error nothing is committed (the cursor write comes first).
-    pub fn commit(&mut self, upto: Position) -> io::Result<()> {
-        self.cursor.write(upto)?;
-        let doomed: Vec<u64> = {
-            let mut s = self.shared.lock();
-            s.committed = upto;
-            while s.sync_times.front().is_some_and(|(p, _)| *p <= upto) {
-                s.sync_times.pop_front();
-            }
-            let doomed: Vec<u64> = s
-                .segments
-                .range(..upto.segment)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in &doomed {
-                s.segments.remove(id);
-            }
-            s.skips.retain(|p, _| p.segment >= upto.segment);
-            doomed
-        };
-        if !doomed.is_empty() {
-            for id in doomed {
-                if let Err(e) = fs::remove_file(segment_path(&self.dir, id)) {
-                    warn!(segment = id, error = %e, "spool: cannot delete a delivered segment");
-                }
-            }
-            // The deletions must survive a power cut too, or they come back as duplicates.
-            if let Err(e) = sync_dir(&self.dir) {
-                warn!(error = %e, "spool: cannot fsync the spool folder after deleting segments");
-            }
-        }
-        self.shared.freed.notify_one();
-        Ok(())
-    }
-
-    /// Bytes not yet committed, approximately (for logs and tests).
-    pub fn pending_bytes(&self) -> u64 {
-        self.shared.pending_bytes()
-    }
-
-    /// How long the oldest reading not yet in the store has waited (zero when none).
-    pub fn oldest_pending_age(&self) -> std::time::Duration {
-        self.shared.oldest_pending_age()
+        self.shared.synced.notify_waiters();
     }
 }
 

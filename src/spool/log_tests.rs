@@ -1,6 +1,7 @@
 //! The segment log: order, recovery, limits, checksums.
 
 use super::*;
+use crate::spool::record::read_record;
 
 fn cfg(dir: &Path, max: u64, seg: u64) -> SpoolConfig {
     SpoolConfig {
@@ -279,4 +280,85 @@ fn a_full_disk_cuts_the_unsynced_records_back_and_a_new_segment_takes_them_later
     r.commit(upto).unwrap();
     let (again, _) = r.read(usize::MAX, usize::MAX).unwrap();
     assert_eq!(again, (synced..synced + 4).map(big).collect::<Vec<_>>());
+}
+
+fn segment_files(dir: &Path) -> usize {
+    fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_str().unwrap().ends_with(".seg")
+        })
+        .count()
+}
+
+#[test]
+fn two_readers_each_keep_their_cursor_and_segments_stay_until_both_passed_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let sinks = ["influx", "research"];
+    {
+        let (mut w, mut readers, _) = open_for(cfg(dir.path(), 1 << 20, 200), &sinks).unwrap();
+        for i in 0..20 {
+            w.append(&rec(i)).unwrap();
+        }
+        w.sync().unwrap();
+        let segments = segment_files(dir.path());
+        assert!(segments > 3, "{segments} segments: records span several");
+        // The default sink takes everything; the research sink only the first twelve.
+        let (got, pos) = readers[0].read(100, usize::MAX).unwrap();
+        assert_eq!(got, (0..20).map(rec).collect::<Vec<_>>());
+        readers[0].commit(pos).unwrap();
+        assert_eq!(
+            segment_files(dir.path()),
+            segments,
+            "nothing deleted: research has not read any"
+        );
+        assert_eq!(readers[0].pending_bytes(), 0);
+        assert!(readers[1].pending_bytes() > 0);
+        let (got, pos) = readers[1].read(12, usize::MAX).unwrap();
+        assert_eq!(got, (0..12).map(rec).collect::<Vec<_>>());
+        readers[1].commit(pos).unwrap();
+        let kept = segment_files(dir.path());
+        assert!(kept < segments, "what both passed is deleted");
+        assert!(kept > 1, "what research still needs is kept");
+    }
+    assert!(dir.path().join("cursor.slots").exists());
+    assert!(dir.path().join("cursor.research.slots").exists());
+    // Reopening resumes each where it was.
+    {
+        let (_w, mut readers, report) = open_for(cfg(dir.path(), 1 << 20, 200), &sinks).unwrap();
+        assert!(report.ignored_cursors.is_empty());
+        assert!(readers[0].read(100, usize::MAX).unwrap().0.is_empty());
+        let (got, pos) = readers[1].read(100, usize::MAX).unwrap();
+        assert_eq!(got, (12..20).map(rec).collect::<Vec<_>>());
+        readers[1].commit(pos).unwrap();
+        assert!(segment_files(dir.path()) <= 1, "both passed everything");
+    }
+}
+
+#[test]
+fn the_slowest_reader_bounds_the_room_and_an_unknown_cursor_pins_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut w, mut readers, _) =
+            open_for(cfg(dir.path(), 400, 100), &["influx", "research"]).unwrap();
+        while w.has_room(40) {
+            w.append(&rec(1)).unwrap();
+        }
+        w.sync().unwrap();
+        let (_, pos) = readers[0].read(100, usize::MAX).unwrap();
+        readers[0].commit(pos).unwrap();
+        assert!(!w.has_room(40), "research still needs it all: no room");
+    }
+    // research removed from the configuration: its cursor is ignored, the spool frees.
+    let (mut w, mut readers, report) = open_for(cfg(dir.path(), 400, 100), &["influx"]).unwrap();
+    assert_eq!(report.ignored_cursors, vec!["research".to_string()]);
+    assert!(w.has_room(40));
+    w.append(&rec(2)).unwrap();
+    w.sync().unwrap();
+    assert_eq!(readers[0].read(100, usize::MAX).unwrap().0, vec![rec(2)]);
+    assert!(
+        dir.path().join("cursor.research.slots").exists(),
+        "left behind"
+    );
 }

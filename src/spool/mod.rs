@@ -4,10 +4,13 @@
 
 mod cursor;
 mod log;
+mod reader;
 mod record;
 pub(crate) mod stage;
 
-pub(crate) use log::{open, SpoolConfig, SpoolReader, SpoolWriter};
+#[cfg(test)]
+pub(crate) use log::open;
+pub(crate) use log::{open_for, SpoolConfig, SpoolReader, SpoolWriter};
 
 /// Blocking file I/O on a runtime worker, without starving the other tasks.
 pub(crate) fn block<T>(f: impl FnOnce() -> T) -> T {

@@ -2,6 +2,7 @@
 //! the scan that opening a segment runs: a torn tail of the last write is cut, a corrupt record
 //! elsewhere is searched past and its bytes are moved aside into `spool/quarantine/`.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -101,25 +102,28 @@ pub(super) struct Scan {
     pub(super) cut: u64,
     /// Corrupt ranges with whole records after them: (start, end).
     pub(super) bad: Vec<(u64, u64)>,
-    /// The start of the record (or bad range) holding the offset asked about.
-    pub(super) floor: Option<u64>,
+    /// Offset asked about -> the start of the record (or bad range) holding it.
+    pub(super) floors: BTreeMap<u64, u64>,
 }
 
 /// Scans a segment record by record. A corrupt record is searched past (the next offset where a
 /// length and checksum validate); when nothing valid follows it is a torn tail and is cut, as
 /// only the last write can be torn. `inside`: an offset whose record start is wanted.
-pub(super) fn scan_segment(path: &Path, inside: Option<u64>) -> io::Result<Scan> {
+pub(super) fn scan_segment(path: &Path, inside: &[u64]) -> io::Result<Scan> {
     let data = fs::read(path)?;
     let size = data.len();
     let mut scan = Scan::default();
     let mut at = 0usize;
-    let holds =
-        |start: usize, end: usize| inside.is_some_and(|i| start as u64 <= i && i < end as u64);
+    let holds = |start: usize, end: usize, floors: &mut BTreeMap<u64, u64>| {
+        for &i in inside {
+            if start as u64 <= i && i < end as u64 {
+                floors.insert(i, start as u64);
+            }
+        }
+    };
     while at < size {
         if let Some(n) = record_at(&data, at) {
-            if holds(at, at + n as usize) {
-                scan.floor = Some(at as u64);
-            }
+            holds(at, at + n as usize, &mut scan.floors);
             at += n as usize;
             continue;
         }
@@ -127,9 +131,7 @@ pub(super) fn scan_segment(path: &Path, inside: Option<u64>) -> io::Result<Scan>
             Some(next) => {
                 warn!(segment = %path.display(), offset = at, bytes = next - at,
                     "spool: corrupt record in the middle of a segment; the records after it are kept");
-                if holds(at, next) {
-                    scan.floor = Some(at as u64);
-                }
+                holds(at, next, &mut scan.floors);
                 scan.bad.push((at as u64, next as u64));
                 at = next;
             }
@@ -140,9 +142,7 @@ pub(super) fn scan_segment(path: &Path, inside: Option<u64>) -> io::Result<Scan>
             }
         }
     }
-    if holds(at, usize::MAX) {
-        scan.floor = Some(at as u64);
-    }
+    holds(at, usize::MAX, &mut scan.floors);
     scan.len = at as u64;
     scan.cut = (size - at) as u64;
     if scan.cut > 0 {

@@ -255,6 +255,7 @@ async fn wait_beating(wait: Duration, telemetry: &Telemetry, abandon: &Cancellat
 /// The spool gauges, also while the batch stage is stuck retrying an outage.
 fn report(spool: &SpoolWriter, telemetry: &Telemetry) {
     telemetry.spool_state(spool.pending_bytes(), spool.oldest_pending_age());
+    telemetry.sink_lags(&spool.lags());
 }
 
 async fn sleep_until(t: Option<Instant>) {

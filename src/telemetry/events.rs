@@ -277,6 +277,53 @@ impl Telemetry {
         info!("spool has room again: intake resumes");
     }
 
+    /// The configured sinks, the primary first: the closed set of `sink` label values, and only
+    /// the primary's failures make the daemon not ready (a secondary store being down is shown
+    /// by its lag and retries; it stops intake only once its backlog fills the spool).
+    pub(crate) fn set_sinks(&self, names: &[String]) {
+        *self.sinks.write().unwrap_or_else(|e| e.into_inner()) = names.to_vec();
+        for name in names {
+            metrics::counter!(m::SINK_WRITTEN, "sink" => name.clone()).absolute(0);
+            metrics::counter!(m::SINK_WRITE_RETRIES, "sink" => name.clone()).absolute(0);
+            metrics::gauge!(m::SINK_LAG_BYTES, "sink" => name.clone()).set(0.0);
+            metrics::gauge!(m::SINK_LAG_SECONDS, "sink" => name.clone()).set(0.0);
+        }
+    }
+
+    /// The label for `sink` (None for a name outside the configured set), and whether it is a
+    /// secondary sink.
+    fn sink_label(&self, sink: &str) -> (Option<String>, bool) {
+        let names = self.sinks.read().unwrap_or_else(|e| e.into_inner());
+        match names.iter().position(|n| n == sink) {
+            Some(i) => (Some(names[i].clone()), i > 0),
+            None => (None, false),
+        }
+    }
+
+    /// One sink took `lines` readings.
+    pub(crate) fn sink_written(&self, sink: &str, lines: usize) {
+        if let (Some(label), _) = self.sink_label(sink) {
+            metrics::counter!(m::SINK_WRITTEN, "sink" => label).increment(lines as u64);
+        }
+    }
+
+    /// What one sink has not taken yet: bytes and the age of its oldest reading.
+    pub(crate) fn sink_lag(&self, sink: &str, bytes: u64, oldest_age: Duration) {
+        if let (Some(label), _) = self.sink_label(sink) {
+            metrics::gauge!(m::SINK_LAG_BYTES, "sink" => label.clone()).set(bytes as f64);
+            metrics::gauge!(m::SINK_LAG_SECONDS, "sink" => label).set(oldest_age.as_secs_f64());
+        }
+    }
+
+    /// Every sink's lag, in the order of [`Telemetry::set_sinks`] (from the spool stage, so it
+    /// moves while a sink is stuck retrying).
+    pub(crate) fn sink_lags(&self, lags: &[(u64, Duration)]) {
+        let names = self.sinks.read().unwrap_or_else(|e| e.into_inner()).clone();
+        for (name, (bytes, age)) in names.iter().zip(lags) {
+            self.sink_lag(name, *bytes, *age);
+        }
+    }
+
     pub(crate) fn spool_state(&self, bytes: u64, oldest_age: Duration) {
         metrics::gauge!(m::SPOOL_BYTES).set(bytes as f64);
         metrics::gauge!(m::SPOOL_OLDEST_AGE).set(oldest_age.as_secs_f64());
@@ -288,7 +335,7 @@ impl Telemetry {
         self.health.store_ok();
     }
 
-    /// A batch every sink took.
+    /// A batch the primary sink took.
     pub(crate) fn batch_written(&self, lines: usize, took: Duration) {
         self.written.fetch_add(lines as u64, Ordering::Relaxed);
         metrics::counter!(m::READINGS_WRITTEN).increment(lines as u64);
@@ -307,7 +354,13 @@ impl Telemetry {
     ) {
         self.write_retries.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(m::SINK_RETRIES, "kind" => kind.as_str()).increment(1);
-        if kind == Retry::Config {
+        let (label, secondary) = self.sink_label(sink);
+        if let Some(label) = label {
+            metrics::counter!(m::SINK_WRITE_RETRIES, "sink" => label).increment(1);
+        }
+        if secondary {
+            // Readiness follows the primary store only.
+        } else if kind == Retry::Config {
             self.health.store_misconfigured();
         } else {
             self.health.store_failing(kind == Retry::Auth);

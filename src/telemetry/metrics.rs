@@ -14,6 +14,10 @@ pub(crate) const READINGS_WRITTEN: &str = "urbanflux_readings_written_total";
 pub(crate) const BATCH_LINES: &str = "urbanflux_sink_batch_lines";
 pub(crate) const WRITE_SECONDS: &str = "urbanflux_sink_write_seconds";
 pub(crate) const SINK_RETRIES: &str = "urbanflux_sink_retries_total";
+pub(crate) const SINK_WRITTEN: &str = "urbanflux_sink_readings_written_total";
+pub(crate) const SINK_WRITE_RETRIES: &str = "urbanflux_sink_write_retries_total";
+pub(crate) const SINK_LAG_BYTES: &str = "urbanflux_sink_lag_bytes";
+pub(crate) const SINK_LAG_SECONDS: &str = "urbanflux_sink_lag_seconds";
 pub(crate) const SPOOL_BYTES: &str = "urbanflux_spool_bytes";
 pub(crate) const SPOOL_OLDEST_AGE: &str = "urbanflux_spool_oldest_age_seconds";
 pub(crate) const SPOOL_FULL: &str = "urbanflux_spool_full_total";
@@ -98,7 +102,20 @@ fn register(subscriptions: &[String]) {
                 .absolute(0);
         }
     }
-    describe_counter!(READINGS_WRITTEN, "readings every sink took");
+    describe_counter!(READINGS_WRITTEN, "readings the primary (first) sink took");
+    describe_counter!(SINK_WRITTEN, "readings each sink took, by sink");
+    describe_counter!(
+        SINK_WRITE_RETRIES,
+        "store writes to be tried again, by sink"
+    );
+    describe_gauge!(
+        SINK_LAG_BYTES,
+        "spool bytes a sink has not taken yet, by sink"
+    );
+    describe_gauge!(
+        SINK_LAG_SECONDS,
+        "age of the oldest reading a sink has not taken yet, seconds, by sink"
+    );
     metrics::counter!(READINGS_WRITTEN).absolute(0);
     describe_histogram!(BATCH_LINES, "lines per batch written");
     metrics::histogram!(BATCH_LINES);

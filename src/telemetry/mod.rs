@@ -52,6 +52,8 @@ pub struct Telemetry {
     qos0_dropped: AtomicU64,
     pub(crate) health: health::Health,
     pub(crate) beats: health::Heartbeats,
+    /// The configured sink names, the primary first (see [`Telemetry::set_sinks`]).
+    sinks: std::sync::RwLock<Vec<String>>,
 }
 
 /// A point-in-time copy of the counters, for summaries (the demo) and tests.

@@ -18,5 +18,6 @@ mod operations;
 mod pipeline;
 mod real_payloads;
 mod scale;
+mod sinks;
 mod telemetry;
 mod tls;
