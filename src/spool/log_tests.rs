@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::spool::record::read_record;
+use crate::spool::small_disk::SmallDisk;
 
 fn cfg(dir: &Path, max: u64, seg: u64) -> SpoolConfig {
     SpoolConfig {
@@ -200,34 +201,6 @@ fn committing_rewrites_the_cursor_in_place_without_growing_it() {
     }
     assert_eq!(fs::metadata(&cursor).unwrap().len(), size);
     assert!(!dir.path().join("cursor.tmp").exists());
-}
-
-/// A tmpfs of `size` mounted for one test (root only, as in CI: fails loudly otherwise).
-struct SmallDisk(tempfile::TempDir);
-
-impl SmallDisk {
-    fn mount(size: &str) -> SmallDisk {
-        let dir = tempfile::tempdir().unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(
-            status.success(),
-            "cannot mount a tmpfs: this test needs root"
-        );
-        SmallDisk(dir)
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.0.path())
-            .status();
-    }
 }
 
 #[test]

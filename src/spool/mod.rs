@@ -6,6 +6,8 @@ mod cursor;
 mod log;
 mod reader;
 mod record;
+#[cfg(test)]
+mod small_disk;
 pub(crate) mod stage;
 
 #[cfg(test)]

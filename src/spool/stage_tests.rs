@@ -1,6 +1,7 @@
 //! The spool stage under paused time: acks leave only after the group's fsync, in arrival
 //! order; a full spool holds them until the batch stage commits.
 
+use crate::spool::small_disk::SmallDisk;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -218,34 +219,6 @@ async fn a_full_spool_holds_the_acks_until_the_batch_stage_commits() {
         .health
         .not_ready_reasons()
         .contains(&"spool full"));
-}
-
-/// A tmpfs of `size` mounted for one test (root only, as in CI: fails loudly otherwise).
-struct SmallDisk(tempfile::TempDir);
-
-impl SmallDisk {
-    fn mount(size: &str) -> SmallDisk {
-        let dir = tempfile::tempdir().unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(
-            status.success(),
-            "cannot mount a tmpfs: this test needs root"
-        );
-        SmallDisk(dir)
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.0.path())
-            .status();
-    }
 }
 
 #[tokio::test(start_paused = true)]
