@@ -15,6 +15,10 @@ use super::{
 use crate::error::ConfigError;
 use crate::topic::check_filter;
 
+/// Most writes of one batch in flight: each holds a copy of its part of the batch, and a store
+/// that needs more is better served by larger batches.
+const MAX_CONCURRENCY: usize = 16;
+
 fn err(key: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
     ConfigError::new(key, problem, fix)
 }
@@ -251,11 +255,25 @@ impl Raw {
                     retention_policy: self.influx.retention_policy,
                 }
             }
+            "v3" => {
+                // InfluxDB 3 calls the v2 bucket a database; either key names it.
+                let database = if self.influx.database.is_empty() {
+                    self.influx.bucket
+                } else {
+                    self.influx.database
+                };
+                non_empty(
+                    "influx.database",
+                    &database,
+                    "set the InfluxDB 3 database (api = \"v3\" writes through /api/v3/write_lp?db=...)",
+                )?;
+                InfluxApi::V3 { database }
+            }
             other => {
                 return Err(err(
                     "influx.api",
                     format!("{other:?} is not a write API"),
-                    "use \"v2\" (InfluxDB 2.x/3.x, VictoriaMetrics) or \"v1\" (InfluxDB 1.x)",
+                    "use \"v2\" (InfluxDB 2.x/3.x, VictoriaMetrics), \"v1\" (InfluxDB 1.x) or \"v3\" (InfluxDB 3 Core/Enterprise)",
                 ))
             }
         };
@@ -304,6 +322,15 @@ impl Raw {
         })?;
         let max_age = duration("batch.max_age", &self.batch.max_age)?;
         let retry_max = duration("batch.retry_max", &self.batch.retry_max)?;
+        let concurrency = NonZeroUsize::new(self.batch.concurrency)
+            .filter(|n| n.get() <= MAX_CONCURRENCY)
+            .ok_or_else(|| {
+                err(
+                    "batch.concurrency",
+                    format!("must be 1 to {MAX_CONCURRENCY}"),
+                    "e.g. concurrency = 2",
+                )
+            })?;
         let spool = self.spool.validate()?;
         let mut expected_interval = Vec::new();
         for (filter, d) in &self.mqtt.expected_interval {
@@ -367,11 +394,13 @@ impl Raw {
                 timeout: duration("influx.timeout", &self.influx.timeout)?,
                 gzip: self.influx.gzip,
                 tls: influx_tls,
+                concurrency,
             },
             batch: BatchSettings {
                 max_lines,
                 max_age,
                 retry_max,
+                concurrency,
             },
             spool,
             drain_timeout: duration("shutdown.drain_timeout", &self.shutdown.drain_timeout)?,
