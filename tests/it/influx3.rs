@@ -72,7 +72,7 @@ fn answer_as_influxdb3(upstream: u16, body: &str) -> Reply {
     )
 }
 
-fn partial_writes(concurrency: &str) {
+fn partial_writes(concurrency: &'static str) {
     let stack = Stack::start();
     let upstream = stack.store.port();
     let front = StoreFront::start(upstream, move |req, before| {
@@ -148,4 +148,7 @@ fn partial_writes(concurrency: &str) {
         }
     }
     assert!(requests.iter().any(|r| r.status == 400), "{requests:#?}");
+    // Two writes in flight: the batch left as two parts at once, not as one body and its retry.
+    let parts_at_once = requests[1].body != first.body;
+    assert_eq!(parts_at_once, concurrency == "2", "{requests:#?}");
 }
