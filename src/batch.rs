@@ -4,7 +4,10 @@
 //! and jitter (honouring Retry-After), split on 413, bisect on 400 and 422 until only the
 //! refused lines remain, shrink the writes after repeated 5xx or timeouts, and keep everything
 //! while reporting not-ready on 401/403/404, on other 4xx (a proxy, a wrong URL) and when every
-//! line is refused with the same answer. The refused lines come
+//! line is refused with the same answer. An InfluxDB 3 partial write names its refused lines:
+//! they are refused, the rest is taken, and only a full list (which may leave some out) is
+//! bisected. Up to `batch.concurrency` parts of a batch are written at once; the batch is
+//! committed once every part is taken. The refused lines come
 //! back from [`deliver`] as values; they are dead-lettered and made durable before the commit.
 
 use std::future::Future;
