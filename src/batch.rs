@@ -4,11 +4,17 @@
 //! and jitter (honouring Retry-After), split on 413, bisect on 400 and 422 until only the
 //! refused lines remain, shrink the writes after repeated 5xx or timeouts, and keep everything
 //! while reporting not-ready on 401/403/404, on other 4xx (a proxy, a wrong URL) and when every
-//! line is refused with the same answer. The refused lines come
+//! line is refused with the same answer. An InfluxDB 3 partial write names its refused lines:
+//! they are refused, the rest is taken, and only a full list (which may leave some out) is
+//! bisected. Up to `batch.concurrency` parts of a batch are written at once; the batch is
+//! committed once every part is taken. The refused lines come
 //! back from [`deliver`] as values; they are dead-lettered and made durable before the commit.
 
+use std::future::Future;
 use std::ops::Range;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -18,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::deadletter::{DeadLetters, Letter};
 use crate::model::{Record, Reject, RejectCode};
 use crate::retry::Backoff;
-use crate::sink::{Sink, SinkError};
+use crate::sink::{LineError, Sink, SinkError, PARTIAL_LIST_MAX};
 use crate::spool::{block, is_disk_full, SpoolReader};
 use crate::telemetry::health::{Stage, BEAT_EVERY};
 use crate::telemetry::{Retry, Telemetry};
@@ -279,6 +285,8 @@ impl Pace {
 
 /// Writes `lines` to one sink: retries, splits and bisects until every line is either taken or
 /// refused for good. Returns the refused lines, in order, or `Abandoned` at the drain deadline.
+/// With `concurrency` above 1 the lines are cut into that many parts, written side by side on
+/// this task under the same rules; the answer waits for every part.
 pub(crate) async fn deliver(
     sink: &mut dyn Sink,
     lines: &[(usize, &str)],
@@ -287,18 +295,108 @@ pub(crate) async fn deliver(
     telemetry: &Telemetry,
     abandon: &CancellationToken,
 ) -> Result<Vec<RefusedLine>, Abandoned> {
+    let shared = Mutex::new(std::mem::take(pace));
+    let wanted = sink.concurrency().clamp(1, lines.len().max(1));
+    let mut forks: Vec<Box<dyn Sink>> = (1..wanted).map_while(|_| sink.fork()).collect();
+    let parts = forks.len() + 1;
+    let out = if parts == 1 {
+        deliver_range(
+            sink,
+            lines,
+            0..lines.len(),
+            limits,
+            &shared,
+            telemetry,
+            abandon,
+        )
+        .await
+    } else {
+        let size = lines.len().div_ceil(parts);
+        let sinks =
+            std::iter::once(sink).chain(forks.iter_mut().map(|f| f.as_mut() as &mut dyn Sink));
+        let writes: Vec<Pin<Box<dyn Future<Output = _> + Send + '_>>> = sinks
+            .enumerate()
+            .map(|(i, s)| {
+                let range = (i * size).min(lines.len())..((i + 1) * size).min(lines.len());
+                Box::pin(deliver_range(
+                    s, lines, range, limits, &shared, telemetry, abandon,
+                )) as _
+            })
+            .collect();
+        let mut refused = Vec::new();
+        let mut abandoned = false;
+        for part in join_in_order(writes).await {
+            match part {
+                Ok(r) => refused.extend(r),
+                Err(Abandoned) => abandoned = true,
+            }
+        }
+        if abandoned {
+            Err(Abandoned)
+        } else {
+            Ok(refused)
+        }
+    };
+    *pace = shared.into_inner().unwrap_or_else(|e| e.into_inner());
+    out
+}
+
+/// Polls the writes side by side on this task; their results come back in the given order.
+async fn join_in_order<'a, T>(
+    mut writes: Vec<Pin<Box<dyn Future<Output = T> + Send + 'a>>>,
+) -> Vec<T> {
+    let mut done: Vec<Option<T>> = writes.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (write, out) in writes.iter_mut().zip(done.iter_mut()) {
+            if out.is_none() {
+                match write.as_mut().poll(cx) {
+                    Poll::Ready(v) => *out = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    done.into_iter()
+        .map(|out| out.expect("every write finished"))
+        .collect()
+}
+
+fn paced(pace: &Mutex<Pace>) -> std::sync::MutexGuard<'_, Pace> {
+    pace.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// [`deliver`] for the lines of `whole`.
+async fn deliver_range(
+    sink: &mut dyn Sink,
+    lines: &[(usize, &str)],
+    whole: Range<usize>,
+    limits: &BatchLimits,
+    pace: &Mutex<Pace>,
+    telemetry: &Telemetry,
+    abandon: &CancellationToken,
+) -> Result<Vec<RefusedLine>, Abandoned> {
     let mut refused: Vec<RefusedLine> = Vec::new();
     let mut taken_any = false;
-    let mut body = Vec::with_capacity(lines.iter().map(|(_, l)| l.len() + 1).sum());
+    let mut body = Vec::with_capacity(lines[whole.clone()].iter().map(|(_, l)| l.len() + 1).sum());
     let mut backoff = Backoff::new(RETRY_MIN, limits.retry_max);
     // Ranges still to write, last = next; halves are pushed right first so order is kept.
     let mut todo: Vec<Range<usize>> = Vec::with_capacity(8);
-    todo.push(0..lines.len());
+    if !whole.is_empty() {
+        todo.push(whole.clone());
+    }
     while let Some(mut range) = todo.pop() {
         telemetry.beats.beat(Stage::Batch);
-        if range.len() > pace.chunk {
-            todo.push(range.start + pace.chunk..range.end);
-            range = range.start..range.start + pace.chunk;
+        let chunk = paced(pace).chunk;
+        if range.len() > chunk {
+            todo.push(range.start + chunk..range.end);
+            range = range.start..range.start + chunk;
         }
         body.clear();
         for (_, line) in &lines[range.clone()] {
@@ -308,27 +406,58 @@ pub(crate) async fn deliver(
         let (kind, message, wait) = match sink.write(&body).await {
             Ok(()) => {
                 backoff.reset();
-                pace.taken();
+                paced(pace).taken();
                 taken_any = true;
                 telemetry.store_accepted();
                 continue;
             }
-            Err(SinkError::Retry { message, after }) => match after {
-                Some(after) => (Retry::Throttled, message, after),
-                None => {
-                    pace.failed(range.len());
-                    (Retry::Unreachable, message, backoff.next_wait())
-                }
-            },
-            Err(SinkError::Auth { message }) => (Retry::Auth, message, backoff.next_wait()),
-            Err(SinkError::Config { message }) => (Retry::Config, message, backoff.next_wait()),
-            Err(SinkError::TooLarge { .. } | SinkError::Refused { .. }) if range.len() > 1 => {
+            // The unlisted lines were written; the listed ones are refused for good.
+            Err(SinkError::Partial { lines: listed, .. })
+                if listed.len() < PARTIAL_LIST_MAX && lists_within(&listed, range.len()) =>
+            {
+                backoff.reset();
+                paced(pace).taken();
+                telemetry.store_accepted();
+                let mut listed: Vec<(usize, String)> = listed
+                    .into_iter()
+                    .map(|l| (range.start + l.line - 1, l.message))
+                    .collect();
+                listed.sort_by_key(|(i, _)| *i);
+                listed.dedup_by_key(|(i, _)| *i);
+                taken_any |= listed.len() < range.len();
+                refused.extend(listed.into_iter().map(|(i, message)| RefusedLine {
+                    record: lines[i].0,
+                    line: i,
+                    error: SinkError::Refused {
+                        message: format!("store answered 400: {message}"),
+                    },
+                }));
+                continue;
+            }
+            // A full list (or one naming lines the body lacks) may leave refused lines out:
+            // bisect until each part's list is complete.
+            Err(
+                SinkError::TooLarge { .. } | SinkError::Refused { .. } | SinkError::Partial { .. },
+            ) if range.len() > 1 => {
                 let mid = range.start + range.len() / 2;
                 todo.push(mid..range.end);
                 todo.push(range.start..mid);
                 continue;
             }
-            Err(error @ (SinkError::TooLarge { .. } | SinkError::Refused { .. })) => {
+            Err(SinkError::Retry { message, after }) => match after {
+                Some(after) => (Retry::Throttled, message, after),
+                None => {
+                    paced(pace).failed(range.len());
+                    (Retry::Unreachable, message, backoff.next_wait())
+                }
+            },
+            Err(SinkError::Auth { message }) => (Retry::Auth, message, backoff.next_wait()),
+            Err(SinkError::Config { message }) => (Retry::Config, message, backoff.next_wait()),
+            Err(
+                error @ (SinkError::TooLarge { .. }
+                | SinkError::Refused { .. }
+                | SinkError::Partial { .. }),
+            ) => {
                 refused.push(RefusedLine {
                     record: lines[range.start].0,
                     line: range.start,
@@ -345,7 +474,7 @@ pub(crate) async fn deliver(
                 );
                 refused.clear();
                 todo.clear();
-                range = 0..lines.len();
+                range = whole.clone();
                 (Retry::Config, message, backoff.next_wait())
             }
         };
@@ -354,6 +483,11 @@ pub(crate) async fn deliver(
         wait_beating(wait, telemetry, abandon).await?;
     }
     Ok(refused)
+}
+
+/// True when every listed line number falls within a body of `len` lines.
+fn lists_within(listed: &[LineError], len: usize) -> bool {
+    listed.iter().all(|l| (1..=len).contains(&l.line))
 }
 
 /// True once [`SAME_REFUSAL_LINES`] lines were refused, all with one message.

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-use crate::sink::WriteFuture;
+use crate::sink::{LineError, WriteFuture, PARTIAL_LIST_MAX};
 
 /// Every body a scripted sink was sent, with when it arrived.
 type Calls = Arc<Mutex<Vec<(Instant, String)>>>;
@@ -461,4 +461,181 @@ async fn a_refused_line_whose_dead_letter_cannot_be_written_keeps_the_batch_unco
         (0..5).map(record).collect::<Vec<_>>(),
         "nothing was committed out of the spool"
     );
+}
+
+/// An InfluxDB 3 store: refuses every line whose field is a string (`v="x"`), writes the
+/// others, and lists at most [`PARTIAL_LIST_MAX`] refused lines, as `/api/v3/write_lp` does.
+fn influxdb3(body: &str) -> Result<(), SinkError> {
+    let lines: Vec<LineError> = body
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains("v=\"x\""))
+        .map(|(i, _)| LineError {
+            line: i + 1,
+            message: "invalid column type for column 'v', expected iox::column_type::field::integer, got iox::column_type::field::string".into(),
+        })
+        .take(PARTIAL_LIST_MAX)
+        .collect();
+    if lines.is_empty() {
+        return Ok(());
+    }
+    Err(SinkError::Partial {
+        message: "store answered 400: partial write of line protocol occurred".into(),
+        lines,
+    })
+}
+
+/// `n` lines, those whose index `bad` picks carrying a string field.
+fn lines_with_bad(n: usize, bad: impl Fn(usize) -> bool) -> Vec<String> {
+    (0..n)
+        .map(|i| match bad(i) {
+            true => format!("m,sensor_id=s{i} v=\"x\" 1"),
+            false => format!("m,sensor_id=s{i} v={i}i 1"),
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_partial_write_dead_letters_the_listed_lines_and_sends_nothing_again() {
+    let (mut sink, calls) = Scripted::with_rule(vec![], influxdb3);
+    let l = lines_with_bad(6, |i| i == 1 || i == 4);
+    let t = Telemetry::default();
+    let refused = deliver_all(&mut sink, &l, &t).await.unwrap();
+    let at: Vec<(usize, usize)> = refused.iter().map(|r| (r.record, r.line)).collect();
+    assert_eq!(at, vec![(1, 1), (4, 4)]);
+    assert_eq!(
+        refused[0].error.to_string(),
+        "store answered 400: invalid column type for column 'v', expected iox::column_type::field::integer, got iox::column_type::field::string"
+    );
+    // One write: the four good lines were written by it, nothing is sent again.
+    assert_eq!(calls.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_list_of_refused_lines_is_bisected_until_every_refused_line_is_named() {
+    let (mut sink, calls) = Scripted::with_rule(vec![], influxdb3);
+    // 250 refused lines among 400: the first answer lists only 100 of them.
+    let l = lines_with_bad(400, |i| i % 8 < 5);
+    let t = Telemetry::default();
+    let refused = deliver_all(&mut sink, &l, &t).await.unwrap();
+    let got: Vec<usize> = refused.iter().map(|r| r.line).collect();
+    let want: Vec<usize> = (0..400).filter(|i| i % 8 < 5).collect();
+    assert_eq!(got, want, "each refused line once, in order");
+    let calls = calls.lock().unwrap();
+    assert!(calls.len() > 1, "the full list was not bisected");
+    // Bisection stops at parts whose list is complete: 400 -> 200 -> 100 lines.
+    assert!(
+        calls.iter().all(|(_, b)| b.lines().count() >= 100),
+        "{}",
+        calls.len()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn fewer_than_a_full_list_is_not_bisected() {
+    let (mut sink, calls) = Scripted::with_rule(vec![], influxdb3);
+    let l = lines_with_bad(400, |i| i % 5 == 0);
+    let t = Telemetry::default();
+    let refused = deliver_all(&mut sink, &l, &t).await.unwrap();
+    assert_eq!(refused.len(), 80);
+    assert_eq!(calls.lock().unwrap().len(), 1);
+}
+
+/// A sink with `concurrency` writes in flight: forks share the record of calls, and a body
+/// whose first line is `sensor_id=s0` takes 3 s to answer, any other 1 s.
+struct Concurrent {
+    concurrency: usize,
+    calls: Calls,
+    done: Calls,
+}
+
+impl Sink for Concurrent {
+    fn name(&self) -> &'static str {
+        "concurrent"
+    }
+
+    fn write<'a>(&'a mut self, body: &'a [u8]) -> WriteFuture<'a> {
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        self.calls
+            .lock()
+            .unwrap()
+            .push((Instant::now(), body.clone()));
+        let slow = body.starts_with("m,sensor_id=s0 ");
+        let done = self.done.clone();
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_secs(if slow { 3 } else { 1 })).await;
+            let answer = influxdb3(&body);
+            done.lock().unwrap().push((Instant::now(), body));
+            answer
+        })
+    }
+
+    fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
+    fn fork(&self) -> Option<Box<dyn Sink>> {
+        Some(Box::new(Concurrent {
+            concurrency: self.concurrency,
+            calls: self.calls.clone(),
+            done: self.done.clone(),
+        }))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn parts_written_side_by_side_come_back_in_batch_order() {
+    let mut sink = Concurrent {
+        concurrency: 2,
+        calls: Calls::default(),
+        done: Calls::default(),
+    };
+    let l = lines_with_bad(10, |i| i == 2 || i == 7);
+    let t = Telemetry::default();
+    let start = Instant::now();
+    let refused = deliver(
+        &mut sink,
+        &refs(&l),
+        &limits(),
+        &mut Pace::default(),
+        &t,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    // Both parts left at once; the second answered first, yet the refused lines are in order
+    // and deliver waited for the slow first part.
+    let calls = sink.calls.lock().unwrap();
+    assert_eq!(calls.len(), 2);
+    assert!(calls.iter().all(|(at, _)| *at == start));
+    assert_eq!(calls[0].1.lines().count(), 5);
+    let done = sink.done.lock().unwrap();
+    assert!(done[0].1.starts_with("m,sensor_id=s5 "), "{}", done[0].1);
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
+    let at: Vec<usize> = refused.iter().map(|r| r.line).collect();
+    assert_eq!(at, vec![2, 7]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_write_in_flight_sends_the_batch_whole() {
+    let mut sink = Concurrent {
+        concurrency: 1,
+        calls: Calls::default(),
+        done: Calls::default(),
+    };
+    let l = lines(10);
+    let t = Telemetry::default();
+    deliver(
+        &mut sink,
+        &refs(&l),
+        &limits(),
+        &mut Pace::default(),
+        &t,
+        &CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let calls = sink.calls.lock().unwrap();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].1.lines().count(), 10);
 }

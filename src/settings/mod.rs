@@ -147,6 +147,8 @@ pub enum InfluxApi {
         database: String,
         retention_policy: String,
     },
+    /// InfluxDB 3 Core/Enterprise: `/api/v3/write_lp?db=` (partial writes name refused lines).
+    V3 { database: String },
 }
 
 /// One store of `[[sink]]` (or `[influx]`, named "influx").
@@ -167,6 +169,8 @@ pub struct InfluxSettings {
     pub gzip: bool,
     /// CA and client certificate for https:// (empty when unused).
     pub tls: TlsFiles,
+    /// `batch.concurrency`, carried here because the sink is built from `[influx]` alone.
+    pub concurrency: NonZeroUsize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -174,6 +178,8 @@ pub struct BatchSettings {
     pub max_lines: NonZeroUsize,
     pub max_age: Duration,
     pub retry_max: Duration,
+    /// Writes of one batch in flight at once.
+    pub concurrency: NonZeroUsize,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -176,7 +176,13 @@ pub(super) struct RawBatch {
     pub(super) max_lines: usize,
     pub(super) max_age: String,
     pub(super) retry_max: String,
+    pub(super) concurrency: usize,
 }
+
+/// One write in flight by default: an InfluxDB 2.x or VictoriaMetrics store on the same small
+/// machine gains little from a second one, and one write at a time is the gentlest on a store
+/// that is catching up. Raise it for a remote store, where each write waits a round trip.
+pub(super) const DEFAULT_CONCURRENCY: usize = 1;
 
 impl Default for RawBatch {
     fn default() -> Self {
@@ -184,6 +190,7 @@ impl Default for RawBatch {
             max_lines: 5000,
             max_age: "1s".into(),
             retry_max: "5s".into(),
+            concurrency: DEFAULT_CONCURRENCY,
         }
     }
 }

@@ -16,6 +16,10 @@ use super::{
 use crate::error::ConfigError;
 use crate::topic::check_filter;
 
+/// Most writes of one batch in flight: each holds a copy of its part of the batch, and a store
+/// that needs more is better served by larger batches.
+const MAX_CONCURRENCY: usize = 16;
+
 fn err(key: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
     ConfigError::new(key, problem, fix)
 }
@@ -235,7 +239,7 @@ impl Raw {
             ));
         }
 
-        let sinks = sinks(self.influx, self.sinks)?;
+        let mut sinks = sinks(self.influx, self.sinks)?;
 
         let max_lines = NonZeroUsize::new(self.batch.max_lines).ok_or_else(|| {
             err(
@@ -246,6 +250,19 @@ impl Raw {
         })?;
         let max_age = duration("batch.max_age", &self.batch.max_age)?;
         let retry_max = duration("batch.retry_max", &self.batch.retry_max)?;
+        let concurrency = NonZeroUsize::new(self.batch.concurrency)
+            .filter(|n| n.get() <= MAX_CONCURRENCY)
+            .ok_or_else(|| {
+                err(
+                    "batch.concurrency",
+                    format!("must be 1 to {MAX_CONCURRENCY}"),
+                    "e.g. concurrency = 2",
+                )
+            })?;
+        // Each sink writes its parts of a batch side by side.
+        for sink in &mut sinks {
+            sink.influx.concurrency = concurrency;
+        }
         let spool = self.spool.validate()?;
         let mut expected_interval = Vec::new();
         for (filter, d) in &self.mqtt.expected_interval {
@@ -310,6 +327,7 @@ impl Raw {
                 max_lines,
                 max_age,
                 retry_max,
+                concurrency,
             },
             spool,
             drain_timeout: duration("shutdown.drain_timeout", &self.shutdown.drain_timeout)?,
@@ -476,11 +494,25 @@ pub(super) fn influx(
                 retention_policy: raw.retention_policy,
             }
         }
+        "v3" => {
+            // InfluxDB 3 calls the v2 bucket a database; either key names it.
+            let database = if raw.database.is_empty() {
+                std::mem::take(&mut raw.bucket)
+            } else {
+                std::mem::take(&mut raw.database)
+            };
+            non_empty(
+                &format!("{section}.database"),
+                &database,
+                "set the InfluxDB 3 database (api = \"v3\" writes through /api/v3/write_lp?db=...)",
+            )?;
+            InfluxApi::V3 { database }
+        }
         other => {
             return Err(err(
                 format!("{section}.api"),
                 format!("{other:?} is not a write API"),
-                "use \"v2\" (InfluxDB 2.x/3.x, VictoriaMetrics) or \"v1\" (InfluxDB 1.x)",
+                "use \"v2\" (InfluxDB 2.x/3.x, VictoriaMetrics), \"v1\" (InfluxDB 1.x) or \"v3\" (InfluxDB 3 Core/Enterprise)",
             ))
         }
     };
@@ -525,6 +557,8 @@ pub(super) fn influx(
     }
 
     Ok(InfluxSettings {
+        // Set from batch.concurrency once [batch] is read (Raw::validate).
+        concurrency: NonZeroUsize::MIN,
         url,
         api,
         token,

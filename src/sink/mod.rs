@@ -34,6 +34,56 @@ pub enum SinkError {
     /// URL answers, not the store judging our lines. Keep the data, report not-ready.
     #[error("{message}")]
     Config { message: String },
+    /// InfluxDB 3 with `accept_partial=true`: the listed lines are refused, every other line of
+    /// the body is written. The store lists at most [`PARTIAL_LIST_MAX`] lines.
+    #[error("{message}")]
+    Partial {
+        message: String,
+        lines: Vec<LineError>,
+    },
+}
+
+/// One line a partial write refused: its number in the body (from 1) and the store's words.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LineError {
+    pub line: usize,
+    pub message: String,
+}
+
+/// Most lines an InfluxDB 3 partial-write answer lists; a full list may leave refused lines out.
+pub(crate) const PARTIAL_LIST_MAX: usize = 100;
+
+/// The lines an InfluxDB 3 `/api/v3/write_lp` 400 lists as refused, `None` when the body is not
+/// a partial-write answer (then the 400 is read like any other).
+pub(crate) fn partial_write(status: u16, body: &str) -> Option<SinkError> {
+    if status != 400 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    let data = v.get("data")?.as_array()?;
+    let mut lines = Vec::with_capacity(data.len());
+    for item in data {
+        let line = item.get("line_number")?.as_u64()? as usize;
+        let message = item.get("error_message")?.as_str()?.to_string();
+        if line == 0 {
+            return None;
+        }
+        lines.push(LineError { line, message });
+    }
+    if lines.is_empty() {
+        return None;
+    }
+    let error = v
+        .get("error")
+        .and_then(|e| e.as_str())
+        .unwrap_or("partial write");
+    Some(SinkError::Partial {
+        message: format!(
+            "store answered 400: {error} ({} lines refused)",
+            lines.len()
+        ),
+        lines,
+    })
 }
 
 /// Classifies an HTTP answer that is not 2xx.
@@ -64,6 +114,14 @@ pub trait Sink: Send {
     fn name(&self) -> &'static str;
     /// Writes the whole body, or says by its error what to do with it.
     fn write<'a>(&'a mut self, body: &'a [u8]) -> WriteFuture<'a>;
+    /// Writes this sink may have in flight at once (`batch.concurrency`).
+    fn concurrency(&self) -> usize {
+        1
+    }
+    /// Another handle on the same store, for one more write in flight; `None` if it has none.
+    fn fork(&self) -> Option<Box<dyn Sink>> {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -99,5 +157,30 @@ mod tests {
             classify(404, "bucket not found", None),
             SinkError::Auth { .. }
         ));
+    }
+
+    #[test]
+    fn an_influxdb3_partial_write_answer_lists_its_refused_lines() {
+        let body = r#"{"error":"partial write of line protocol occurred","data":[{"original_line":"cpu,host=a val= 123","line_number":2,"error_message":"No fields were provided"}]}"#;
+        let Some(SinkError::Partial { message, lines }) = partial_write(400, body) else {
+            panic!("not read as a partial write");
+        };
+        assert_eq!(
+            lines,
+            vec![LineError {
+                line: 2,
+                message: "No fields were provided".into()
+            }]
+        );
+        assert!(
+            message.contains("partial write of line protocol occurred"),
+            "{message}"
+        );
+        // Not a partial write: another status, or an answer that lists no line.
+        assert_eq!(partial_write(500, body), None);
+        let whole = r#"{"error":"parsing failed for write_lp endpoint","data":{"original_line":"x","line_number":1,"error_message":"bad"}}"#;
+        assert_eq!(partial_write(400, whole), None);
+        assert_eq!(partial_write(400, "plain text"), None);
+        assert_eq!(partial_write(400, r#"{"error":"x","data":[]}"#), None);
     }
 }

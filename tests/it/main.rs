@@ -12,6 +12,7 @@ mod disk;
 mod faults;
 mod harness;
 mod hostile;
+mod influx3;
 mod mqtt5;
 mod normalisation;
 mod operations;
