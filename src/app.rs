@@ -287,6 +287,18 @@ impl Sink for Named {
     fn write<'a>(&'a mut self, body: &'a [u8]) -> crate::sink::WriteFuture<'a> {
         self.inner.write(body)
     }
+
+    fn concurrency(&self) -> usize {
+        self.inner.concurrency()
+    }
+
+    fn fork(&self) -> Option<Box<dyn Sink>> {
+        let inner = self.inner.fork()?;
+        Some(Box::new(Named {
+            name: self.name,
+            inner,
+        }))
+    }
 }
 
 fn joined(r: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
