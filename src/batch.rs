@@ -25,7 +25,7 @@ use crate::deadletter::{DeadLetters, Letter};
 use crate::model::{Record, Reject, RejectCode};
 use crate::retry::Backoff;
 use crate::sink::{LineError, Sink, SinkError, PARTIAL_LIST_MAX};
-use crate::spool::{block, is_disk_full, SpoolReader};
+use crate::spool::{aside, block, is_disk_full, SpoolReader};
 use crate::telemetry::health::{Stage, BEAT_EVERY};
 use crate::telemetry::{Retry, Telemetry};
 
@@ -147,7 +147,10 @@ pub(crate) async fn run(
                 telemetry.batch_written(lines, write_started.elapsed());
             }
         }
-        match block(|| spool.commit(upto)) {
+        // The cursor's fsync runs aside: the runtime's thread goes on with the other stages.
+        let (back, committed) = aside(spool, move |s| s.commit(upto)).await;
+        spool = back;
+        match committed {
             Ok(()) if dead_full => {
                 dead_full = false;
                 telemetry.disk_has_room();

@@ -115,7 +115,17 @@ pub struct DeadLetters {
     size: u64,
     /// Bytes of the current file known durable (the last successful sync).
     synced: u64,
+    /// Counts the files `file` has been (rotation, cut back), for [`DeadLetters::sync_done`].
+    generation: u64,
     limits: Limits,
+}
+
+/// An fsync of the dead letters, handed out to run off the runtime's thread.
+#[derive(Debug)]
+pub(crate) struct PendingSync {
+    pub(crate) file: File,
+    upto: u64,
+    generation: u64,
 }
 
 impl DeadLetters {
@@ -134,6 +144,7 @@ impl DeadLetters {
             file,
             size,
             synced: size,
+            generation: 0,
             limits,
         })
     }
@@ -194,6 +205,24 @@ impl DeadLetters {
         Ok(())
     }
 
+    /// What an fsync off the runtime's thread needs: a handle on the file and what it will
+    /// cover; [`DeadLetters::sync_done`] takes that back once the fsync succeeded.
+    pub(crate) fn sync_start(&self) -> io::Result<PendingSync> {
+        Ok(PendingSync {
+            file: self.file.try_clone()?,
+            upto: self.size,
+            generation: self.generation,
+        })
+    }
+
+    /// The fsync of `pending` succeeded. Entries appended since are not covered by it, and a
+    /// file replaced since (rotation, cut back) was synced on its own.
+    pub(crate) fn sync_done(&mut self, pending: &PendingSync) {
+        if pending.generation == self.generation {
+            self.synced = self.synced.max(pending.upto);
+        }
+    }
+
     /// After a failed write or sync (a full disk): what was appended since the last sync is not
     /// durable and the file's state is unknown (fsyncgate). Cut it back to the synced length on a
     /// fresh handle; the caller appends those entries again once space returns.
@@ -204,6 +233,7 @@ impl DeadLetters {
         }
         self.file = file;
         self.size = self.synced;
+        self.generation += 1;
         Ok(())
     }
 
@@ -231,6 +261,7 @@ impl DeadLetters {
         }
         self.size = 0;
         self.synced = 0;
+        self.generation += 1;
         // The renames and the new file must survive a power cut with the entries they hold.
         File::open(&self.dir)?.sync_all()?;
         Ok(())

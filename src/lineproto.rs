@@ -12,10 +12,23 @@ const TAG_SPECIALS: &[char] = &[',', '=', ' ', '\\'];
 /// Tags are written sorted by key, as InfluxDB recommends.
 pub fn encode(reading: &Reading, out: &mut String) {
     escape(reading.measurement, &[',', ' ', '\\'], out);
-    let mut tags: Vec<&(&str, String)> =
-        reading.tags.iter().filter(|(_, v)| !v.is_empty()).collect();
+    // Sorted on the stack: a reading has a handful of tags (a longer list takes the heap).
+    let mut on_stack: [&(&str, String); 12] = [&EMPTY_TAG; 12];
+    let mut on_heap = Vec::new();
+    let kept = reading.tags.iter().filter(|(_, v)| !v.is_empty());
+    let tags: &mut [&(&str, String)] = if reading.tags.len() <= on_stack.len() {
+        let mut n = 0;
+        for t in kept {
+            on_stack[n] = t;
+            n += 1;
+        }
+        &mut on_stack[..n]
+    } else {
+        on_heap.extend(kept);
+        &mut on_heap
+    };
     tags.sort_unstable_by_key(|(k, _)| *k);
-    for (key, value) in tags {
+    for (key, value) in tags.iter() {
         out.push(',');
         escape(key, TAG_SPECIALS, out);
         out.push('=');
@@ -49,7 +62,17 @@ pub fn to_line(reading: &Reading) -> String {
     s
 }
 
+static EMPTY_TAG: (&str, String) = ("", String::new());
+
 fn escape(text: &str, specials: &[char], out: &mut String) {
+    // Most names and values need no escape: one scan, one copy.
+    if !text
+        .bytes()
+        .any(|b| b == b'\n' || specials.iter().any(|&c| c as u32 == b as u32))
+    {
+        out.push_str(text);
+        return;
+    }
     for c in text.chars() {
         if specials.contains(&c) {
             out.push('\\');

@@ -64,7 +64,7 @@ fn main() -> ExitCode {
         Command::Run { config, log_format } => match load(&config) {
             Ok(settings) => {
                 let log = logging::init(&settings.log_level, matches!(log_format, LogFormat::Json));
-                exit(runtime(app::run(config, settings, log)).is_some())
+                exit(runtime(settings.runtime_threads, app::run(config, settings, log)).is_some())
             }
             Err(code) => code,
         },
@@ -74,7 +74,8 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             logging::init(&settings.log_level, false);
-            let Some(summary) = runtime(app::replay(&settings, &files)) else {
+            let Some(summary) = runtime(settings.runtime_threads, app::replay(&settings, &files))
+            else {
                 return ExitCode::FAILURE;
             };
             print!("{summary}");
@@ -108,7 +109,7 @@ fn main() -> ExitCode {
         } => {
             // rumqttd logs every probe and disconnect at error level: keep the demo readable.
             logging::init("warn,rumqttd=off", false);
-            exit(runtime(demo::run(duration, out, influx_url)).is_some())
+            exit(runtime(1, demo::run(duration, out, influx_url)).is_some())
         }
     }
 }
@@ -129,11 +130,25 @@ fn exit(success: bool) -> ExitCode {
     }
 }
 
-/// Runs `job` on a multi-threaded runtime; on a fault prints the whole cause chain.
-fn runtime<T>(job: impl std::future::Future<Output = anyhow::Result<T>>) -> Option<T> {
+/// Runs `job` on `threads` runtime threads; on a fault prints the whole cause chain.
+///
+/// One thread (the default) runs the whole pipeline: a message then passes from stage to stage
+/// without waking another thread, which halved the CPU per reading (docs/performance.md). The
+/// fsyncs run on blocking threads beside it.
+fn runtime<T>(
+    threads: usize,
+    job: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> Option<T> {
+    let mut builder = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
     // Blocking threads (fsync, /devices encoding) are few and short: bounded so the unit's
     // TasksMax can never be hit.
-    let result = tokio::runtime::Builder::new_multi_thread()
+    let result = builder
         .enable_all()
         .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()

@@ -106,7 +106,8 @@ fn expect_ms(d: Option<Duration>) -> u64 {
 
 #[derive(Debug, Default)]
 struct Table {
-    devices: HashMap<String, Entry>,
+    /// foldhash: looked up once per reading (SipHash was a visible share of the CPU).
+    devices: HashMap<String, Entry, foldhash::fast::RandomState>,
     /// Something to save since the last save.
     changed: bool,
     /// The limit was reached once (it is logged once).
@@ -160,7 +161,10 @@ fn label(slot: u8, set: &[&'static str]) -> &'static str {
 
 impl Tracker {
     pub(crate) fn new(max_tracked: usize, started_ms: i64, known: Vec<Device>) -> Tracker {
-        let mut devices = HashMap::with_capacity(known.len().min(max_tracked));
+        let mut devices = HashMap::with_capacity_and_hasher(
+            known.len().min(max_tracked),
+            foldhash::fast::RandomState::default(),
+        );
         for d in known.into_iter().take(max_tracked) {
             devices.insert(
                 d.sensor_id,

@@ -6,7 +6,9 @@
 //! (city, source). The set is the process's: after a restart it is learnt again.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
+
+use foldhash::fast::RandomState;
 
 use crate::model::{Reading, Reject, RejectCode};
 
@@ -14,31 +16,32 @@ use crate::model::{Reading, Reject, RejectCode};
 pub(crate) struct SeriesGuard {
     limit: usize,
     /// hash(city, source) -> hashes of the series seen.
-    seen: HashMap<u64, HashSet<u64>>,
-}
-
-fn hash_of(parts: impl Hash) -> u64 {
-    let mut h = DefaultHasher::new();
-    parts.hash(&mut h);
-    h.finish()
+    seen: HashMap<u64, HashSet<u64, RandomState>, RandomState>,
+    /// Seeded per process, so that a gateway cannot aim at collisions.
+    hasher: RandomState,
 }
 
 /// The series of a reading, independent of its tags' order and without allocating: the tags'
 /// hashes are summed.
-fn series(r: &Reading) -> u64 {
+fn series(hasher: &RandomState, r: &Reading) -> u64 {
     r.tags
         .iter()
         .filter(|(_, v)| !v.is_empty())
-        .fold(hash_of(r.measurement), |acc, tag| {
-            acc.wrapping_add(hash_of(tag))
+        .fold(hasher.hash_one(r.measurement), |acc, tag| {
+            acc.wrapping_add(hasher.hash_one(tag))
         })
+}
+
+fn hash_of(hasher: &RandomState, parts: impl Hash) -> u64 {
+    hasher.hash_one(parts)
 }
 
 impl SeriesGuard {
     pub(crate) fn new(limit: usize) -> Self {
         SeriesGuard {
             limit,
-            seen: HashMap::new(),
+            seen: HashMap::default(),
+            hasher: RandomState::default(),
         }
     }
 
@@ -47,8 +50,11 @@ impl SeriesGuard {
     pub(crate) fn admit(&mut self, r: &Reading) -> Result<(), Reject> {
         let city = r.tag("city").unwrap_or_default();
         let source = r.tag("source").unwrap_or_default();
-        let known = self.seen.entry(hash_of((city, source))).or_default();
-        let s = series(r);
+        let known = self
+            .seen
+            .entry(hash_of(&self.hasher, (city, source)))
+            .or_default();
+        let s = series(&self.hasher, r);
         if known.contains(&s) {
             return Ok(());
         }

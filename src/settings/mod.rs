@@ -51,6 +51,9 @@ pub struct Settings {
     pub registry: Arc<Registry>,
     /// Last-seen tracking of devices and their silence (`[devices]`).
     pub devices: DevicesSettings,
+    /// Threads that run the pipeline (`runtime.threads`, 0 resolved to the cores): 1 runs every
+    /// stage on one thread, with fsyncs on blocking threads beside it.
+    pub runtime_threads: usize,
 }
 
 /// `[devices]`: how many devices are tracked, how often silence is judged and the state saved.
@@ -385,6 +388,10 @@ pub fn restart_only_changes(old: &Settings, new: &Settings) -> Vec<&'static str>
             old.max_series_per_source != new.max_series_per_source,
         ),
         ("devices", old.devices != new.devices),
+        (
+            "runtime.threads",
+            old.runtime_threads != new.runtime_threads,
+        ),
     ]
     .into_iter()
     .filter_map(|(key, changed)| changed.then_some(key))
@@ -415,6 +422,21 @@ mod tests {
         let e = Settings::from_toml(&text).unwrap_err();
         assert_eq!(e.key, "batch.max_age", "{e}");
         assert!(e.fix.contains("30s"));
+    }
+
+    #[test]
+    fn runtime_threads_default_to_one_and_zero_means_one_per_core() {
+        assert_eq!(
+            Settings::from_toml(DEFAULT_CONFIG).unwrap().runtime_threads,
+            1
+        );
+        let text = DEFAULT_CONFIG.replacen("threads = 1", "threads = 0", 1);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(Settings::from_toml(&text).unwrap().runtime_threads, cores);
+        let text = DEFAULT_CONFIG.replacen("threads = 1", "threads = 500", 1);
+        let e = Settings::from_toml(&text).unwrap_err();
+        assert_eq!(e.key, "runtime.threads", "{e}");
+        assert!(e.fix.contains("0 for one per core"), "{e}");
     }
 
     #[test]

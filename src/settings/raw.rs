@@ -39,6 +39,8 @@ pub(super) struct Raw {
     pub(super) registry: RawRegistry,
     #[serde(default)]
     pub(super) devices: RawDevices,
+    #[serde(default)]
+    pub(super) runtime: RawRuntime,
 }
 
 #[derive(Debug, Deserialize)]
@@ -313,6 +315,18 @@ impl Default for RawDevices {
             save_every: "30s".into(),
             forget_after: "30d".into(),
         }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawRuntime {
+    pub(super) threads: usize,
+}
+
+impl Default for RawRuntime {
+    fn default() -> Self {
+        RawRuntime { threads: 1 }
     }
 }
 

@@ -350,8 +350,27 @@ impl Raw {
             routes: Vec::new(),
             registry: Arc::default(),
             devices: self.devices.validate()?,
+            runtime_threads: runtime_threads(self.runtime.threads)?,
         })
     }
+}
+
+/// `runtime.threads`: 0 is one per core; the unit's TasksMax leaves room for 64.
+fn runtime_threads(threads: usize) -> Result<usize, ConfigError> {
+    const MAX: usize = 64;
+    let n = if threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        threads
+    };
+    if n > MAX {
+        return Err(err(
+            "runtime.threads",
+            format!("{threads} is more than {MAX}"),
+            "write 1 (the default), 0 for one per core, or at most 64",
+        ));
+    }
+    Ok(n.min(MAX))
 }
 
 /// "64KiB", "16MiB", "1GiB" or a plain number of bytes.

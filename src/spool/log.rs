@@ -447,13 +447,33 @@ impl SpoolWriter {
 
     /// Makes everything appended so far durable and visible to the reader.
     pub fn sync(&mut self) -> io::Result<()> {
-        if let Some(f) = self.file.as_mut() {
-            f.flush()?;
-            f.get_ref().sync_data()?;
+        if let Some(f) = self.sync_start()? {
+            f.sync_data()?;
+        }
+        self.sync_done();
+        Ok(())
+    }
+
+    /// The first half of [`SpoolWriter::sync`]: writes out the buffer and hands out the
+    /// segment's handle, so that its fsync can run off the runtime's thread. Nothing may be
+    /// appended until [`SpoolWriter::sync_done`].
+    pub fn sync_start(&mut self) -> io::Result<Option<File>> {
+        match self.file.as_mut() {
+            Some(f) => {
+                f.flush()?;
+                Ok(Some(f.get_ref().try_clone()?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The fsync of [`SpoolWriter::sync_start`]'s handle succeeded: what was appended is
+    /// durable, and the reader may have it.
+    pub fn sync_done(&mut self) {
+        if self.file.is_some() {
             self.synced_len = self.written;
         }
         self.publish_synced();
-        Ok(())
     }
 
     /// After a failed append or sync (a full disk): the records appended since the last sync are

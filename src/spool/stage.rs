@@ -65,8 +65,19 @@ pub(crate) async fn run(
         abandon: &abandon,
     };
     let mut beat = tokio::time::interval(BEAT_EVERY);
+    // One timer for the group commit, moved only when a new group starts: a fresh `sleep` per
+    // message would register and cancel a timer for every message.
+    let timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timer);
+    let mut timer_for = None;
     loop {
         telemetry.beats.beat(Stage::Spool);
+        if group.started != timer_for {
+            if let Some(t) = group.started {
+                timer.as_mut().reset(t + settings.sync_interval);
+            }
+            timer_for = group.started;
+        }
         let next = tokio::select! {
             // Idle: still alive (the systemd watchdog listens).
             _ = beat.tick() => {
@@ -76,7 +87,7 @@ pub(crate) async fn run(
             // Shutdown gave up on the store while we wait for room: leave the rest unacknowledged.
             _ = abandon.cancelled() => break,
             // Group commit timer.
-            _ = sleep_until(group.started.map(|t| t + settings.sync_interval)) => {
+            _ = &mut timer, if group.started.is_some() => {
                 commit(&mut out, &mut group).await?;
                 continue;
             }
@@ -167,6 +178,32 @@ fn sync_both(spool: &mut SpoolWriter, dead: &Mutex<DeadLetters>) -> io::Result<(
     dead.lock().unwrap_or_else(|e| e.into_inner()).sync()
 }
 
+/// [`sync_both`] with both fsyncs on a blocking thread: the runtime's thread goes on taking,
+/// normalising and delivering messages meanwhile (with one runtime thread, an fsync inline
+/// would stall the MQTT connection and the HTTP writes for its whole length).
+async fn sync_both_aside(spool: &mut SpoolWriter, dead: &Mutex<DeadLetters>) -> io::Result<()> {
+    let segment = spool.sync_start()?;
+    let letters = dead
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .sync_start()?;
+    let fsync = tokio::task::spawn_blocking(move || {
+        if let Some(f) = &segment {
+            f.sync_data()?;
+        }
+        letters.file.sync_data()?;
+        Ok::<_, io::Error>(letters)
+    });
+    let letters = fsync
+        .await
+        .map_err(|e| io::Error::other(format!("the fsync task failed: {e}")))??;
+    spool.sync_done();
+    dead.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .sync_done(&letters);
+    Ok(())
+}
+
 /// fsync the spool and the dead letters, then acknowledge the group.
 async fn commit(out: &mut Durable<'_>, group: &mut Group) -> anyhow::Result<()> {
     if group.items.is_empty() {
@@ -174,7 +211,7 @@ async fn commit(out: &mut Durable<'_>, group: &mut Group) -> anyhow::Result<()> 
         group.started = None;
         return Ok(());
     }
-    let synced = block(|| sync_both(out.spool, out.dead));
+    let synced = sync_both_aside(out.spool, out.dead).await;
     settle(out, group, synced).await
 }
 
@@ -256,13 +293,6 @@ async fn wait_beating(wait: Duration, telemetry: &Telemetry, abandon: &Cancellat
 fn report(spool: &SpoolWriter, telemetry: &Telemetry) {
     telemetry.spool_state(spool.pending_bytes(), spool.oldest_pending_age());
     telemetry.sink_lags(&spool.lags());
-}
-
-async fn sleep_until(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]

@@ -121,10 +121,22 @@ impl Rig {
     }
 }
 
-/// Lets the stage run everything it can without moving the clock.
+/// Lets the stage run everything it can without moving the clock. The fsyncs run on blocking
+/// threads, in real time: a few real milliseconds let them finish.
 async fn settle() {
-    for _ in 0..50 {
-        tokio::task::yield_now().await;
+    for _ in 0..20 {
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// [`settle`] until `done` holds, for at most 5 real seconds (a slow disk's fsync).
+async fn settle_until(mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !done() && std::time::Instant::now() < deadline {
+        settle().await;
     }
 }
 
@@ -154,8 +166,14 @@ async fn a_full_inflight_window_commits_at_once_without_waiting_for_the_timer() 
     let rig = rig(settings(1 << 20), 2);
     rig.input.send(rig.message(1, 1, None)).await.unwrap();
     rig.input.send(rig.message(2, 1, None)).await.unwrap();
-    settle().await;
+    let started = tokio::time::Instant::now();
+    settle_until(|| rig.acked().len() == 2).await;
     assert_eq!(rig.acked(), vec![1, 2]);
+    assert_eq!(
+        started.elapsed(),
+        Duration::ZERO,
+        "the timer was not waited for"
+    );
 }
 
 #[tokio::test(start_paused = true)]

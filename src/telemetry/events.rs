@@ -9,7 +9,7 @@ use std::time::Duration;
 use tracing::{debug, error, info, warn};
 
 use super::metrics as m;
-use super::{slot, source_label, Telemetry, CITIES, DOMAINS};
+use super::{slot, source_label, Telemetry, CITIES, DOMAINS, DOMAIN_SLOTS, SOURCE_SLOTS};
 use crate::model::Failure;
 use crate::model::{Reject, RejectCode, Warning};
 use crate::schema::SOURCES;
@@ -171,7 +171,9 @@ impl Telemetry {
 
     pub(crate) fn message_received(&self) {
         self.messages.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(m::MESSAGES_RECEIVED).increment(1);
+        self.messages_counter
+            .get(0, || metrics::counter!(m::MESSAGES_RECEIVED))
+            .increment(1);
     }
 
     pub(crate) fn message_normalised(&self, topic: &str, readings: usize, rejects: usize) {
@@ -180,12 +182,20 @@ impl Telemetry {
 
     /// One reading normalised and on its way to the spool.
     pub(crate) fn reading_accepted(&self, city: &str, domain: &str, source: &str) {
-        let (c, d) = (slot(city, CITIES), slot(domain, DOMAINS));
+        let (c, d, s) = (
+            slot(city, CITIES),
+            slot(domain, DOMAINS),
+            slot(source, SOURCES),
+        );
         self.accepted[c][d].fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(m::READINGS_RECEIVED,
-            "city" => super::label(c, CITIES), "domain" => super::label(d, DOMAINS),
-            "source" => source_label(source))
-        .increment(1);
+        let kept = (c * DOMAIN_SLOTS + d) * SOURCE_SLOTS + s;
+        self.received_counters
+            .get(kept, || {
+                metrics::counter!(m::READINGS_RECEIVED,
+                    "city" => super::label(c, CITIES), "domain" => super::label(d, DOMAINS),
+                    "source" => super::label(s, SOURCES))
+            })
+            .increment(1);
     }
 
     /// One message or reading refused by the rules; it goes to the dead letters.

@@ -40,11 +40,38 @@ fn bounded(value: &str, allowed: &[&'static str]) -> &'static str {
 
 const CITY_SLOTS: usize = CITIES.len() + 1;
 const DOMAIN_SLOTS: usize = DOMAINS.len() + 1;
+const SOURCE_SLOTS: usize = SOURCES.len() + 1;
+
+/// Prometheus counters looked up once and then kept, one per slot: `counter!` builds and hashes
+/// its key (and allocates its labels) on every call, which is once per reading on the hot path.
+/// Made at first use, after the recorder is installed.
+#[derive(Default)]
+struct Kept(Box<[std::sync::OnceLock<::metrics::Counter>]>);
+
+impl Kept {
+    fn with_slots(n: usize) -> Self {
+        Kept((0..n).map(|_| std::sync::OnceLock::new()).collect())
+    }
+
+    fn get(&self, slot: usize, make: impl FnOnce() -> ::metrics::Counter) -> &::metrics::Counter {
+        self.0[slot].get_or_init(make)
+    }
+}
+
+impl std::fmt::Debug for Kept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} counters", self.0.len())
+    }
+}
 
 /// Counters, readiness and heartbeats of one daemon, shared by every stage.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Telemetry {
     accepted: [[AtomicU64; DOMAIN_SLOTS]; CITY_SLOTS],
+    /// urbanflux_readings_received_total by (city, domain, source), and
+    /// urbanflux_messages_received_total (slot 0 of `messages_counter`).
+    received_counters: Kept,
+    messages_counter: Kept,
     rejected: [[AtomicU64; RejectCode::ALL.len()]; CITY_SLOTS],
     messages: AtomicU64,
     written: AtomicU64,
@@ -54,6 +81,24 @@ pub struct Telemetry {
     pub(crate) beats: health::Heartbeats,
     /// The configured sink names, the primary first (see [`Telemetry::set_sinks`]).
     sinks: std::sync::RwLock<Vec<String>>,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry {
+            accepted: Default::default(),
+            received_counters: Kept::with_slots(CITY_SLOTS * DOMAIN_SLOTS * SOURCE_SLOTS),
+            messages_counter: Kept::with_slots(1),
+            rejected: Default::default(),
+            messages: Default::default(),
+            written: Default::default(),
+            write_retries: Default::default(),
+            qos0_dropped: Default::default(),
+            health: Default::default(),
+            beats: Default::default(),
+            sinks: Default::default(),
+        }
+    }
 }
 
 /// A point-in-time copy of the counters, for summaries (the demo) and tests.

@@ -52,6 +52,23 @@ fn each_fixture_published_becomes_exactly_its_points_in_the_store() {
     );
 }
 
+/// The default runs the pipeline on one thread; `runtime.threads = 0` (one per core) is the
+/// other runtime, and must deliver the same points.
+#[test]
+fn one_runtime_thread_per_core_delivers_exactly_the_same_points() {
+    let stack = Stack::start();
+    let _daemon = stack.start_daemon_with(&[("URBANFLUX__RUNTIME__THREADS", "0")]);
+    let fixtures = first_version_fixtures();
+
+    publish_all(stack.broker.port(), &messages_of(&fixtures));
+
+    stack.store.assert_holds_exactly(
+        &FIRST_VERSION_MEASUREMENTS,
+        &samples_expected_from(&fixtures),
+        STORE_TIMEOUT,
+    );
+}
+
 #[test]
 fn nothing_is_lost_when_the_daemon_is_killed_before_the_store_accepted_a_batch() {
     let stack = Stack::start();
