@@ -6,12 +6,34 @@ use crate::model::{FieldValue, Reading};
 
 /// Escaped in measurement names, tag keys and values, field keys. The backslash too: a trailing
 /// `\` would escape the comma after it and the store would refuse the line.
-const TAG_SPECIALS: &[char] = &[',', '=', ' ', '\\'];
+const TAG_SPECIALS: Specials = Specials::of(&[',', '=', ' ', '\\']);
+const MEASUREMENT_SPECIALS: Specials = Specials::of(&[',', ' ', '\\']);
+const STRING_SPECIALS: Specials = Specials::of(&['"', '\\']);
+
+/// The ASCII characters to escape, as a table: one lookup per byte (names and values are
+/// escaped about a dozen times per reading).
+struct Specials([bool; 128]);
+
+impl Specials {
+    const fn of(chars: &[char]) -> Specials {
+        let mut table = [false; 128];
+        let mut i = 0;
+        while i < chars.len() {
+            table[chars[i] as usize] = true;
+            i += 1;
+        }
+        Specials(table)
+    }
+
+    fn has(&self, c: char) -> bool {
+        (c as u32) < 128 && self.0[c as usize]
+    }
+}
 
 /// Appends one line (with its trailing newline) for `reading` to `out`.
 /// Tags are written sorted by key, as InfluxDB recommends.
 pub fn encode(reading: &Reading, out: &mut String) {
-    escape(reading.measurement, &[',', ' ', '\\'], out);
+    escape(reading.measurement, &MEASUREMENT_SPECIALS, out);
     // Sorted on the stack: a reading has a handful of tags (a longer list takes the heap).
     let mut on_stack: [&(&str, String); 12] = [&EMPTY_TAG; 12];
     let mut on_heap = Vec::new();
@@ -30,13 +52,13 @@ pub fn encode(reading: &Reading, out: &mut String) {
     tags.sort_unstable_by_key(|(k, _)| *k);
     for (key, value) in tags.iter() {
         out.push(',');
-        escape(key, TAG_SPECIALS, out);
+        escape(key, &TAG_SPECIALS, out);
         out.push('=');
-        escape(value, TAG_SPECIALS, out);
+        escape(value, &TAG_SPECIALS, out);
     }
     for (i, (key, value)) in reading.fields.iter().enumerate() {
         out.push(if i == 0 { ' ' } else { ',' });
-        escape(key, TAG_SPECIALS, out);
+        escape(key, &TAG_SPECIALS, out);
         out.push('=');
         match value {
             FieldValue::Int(v) => {
@@ -48,7 +70,7 @@ pub fn encode(reading: &Reading, out: &mut String) {
             FieldValue::Bool(v) => out.push_str(if *v { "true" } else { "false" }),
             FieldValue::Str(v) => {
                 out.push('"');
-                escape(v, &['"', '\\'], out);
+                escape(v, &STRING_SPECIALS, out);
                 out.push('"');
             }
         }
@@ -64,17 +86,17 @@ pub fn to_line(reading: &Reading) -> String {
 
 static EMPTY_TAG: (&str, String) = ("", String::new());
 
-fn escape(text: &str, specials: &[char], out: &mut String) {
+fn escape(text: &str, specials: &Specials, out: &mut String) {
     // Most names and values need no escape: one scan, one copy.
     if !text
         .bytes()
-        .any(|b| b == b'\n' || specials.iter().any(|&c| c as u32 == b as u32))
+        .any(|b| b == b'\n' || (b < 128 && specials.0[b as usize]))
     {
         out.push_str(text);
         return;
     }
     for c in text.chars() {
-        if specials.contains(&c) {
+        if specials.has(c) {
             out.push('\\');
         }
         // A newline would end the line: line protocol has no escape for it.

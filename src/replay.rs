@@ -135,12 +135,11 @@ pub(crate) async fn run(
                 payload: e.payload,
                 received_at: e.time,
             };
-            let outcome = normaliser.normalise(&msg, now);
+            let (outcome, rule) = normaliser.normalise_by_rule(&msg, now);
             for r in &outcome.readings {
                 lineproto::encode(r, &mut body);
                 lines += 1;
             }
-            let rule = normaliser.rule(&msg.topic);
             for reject in &outcome.rejects {
                 *summary
                     .reasons

@@ -14,6 +14,7 @@ use crate::model::{Message, Outcome, Reject, RejectCode};
 use crate::registry::Registry;
 use crate::rules::{Input, Rule};
 use crate::settings::Settings;
+use crate::topic::Trie;
 
 pub(crate) mod series;
 pub(crate) mod stage;
@@ -22,6 +23,8 @@ pub(crate) mod stage;
 #[derive(Debug, Clone)]
 pub struct Normaliser {
     rules: Arc<[Rule]>,
+    /// The rules' topic filters: which rules read a topic, without trying each.
+    topics: Arc<Trie>,
     registry: Arc<Registry>,
     max_payload_bytes: usize,
     max_readings: usize,
@@ -29,8 +32,15 @@ pub struct Normaliser {
 
 impl Normaliser {
     pub fn new(settings: &Settings) -> Self {
+        let mut topics = Trie::default();
+        for (i, rule) in settings.routes.iter().enumerate() {
+            for filter in &rule.topics {
+                topics.insert(filter, i);
+            }
+        }
         Normaliser {
             rules: settings.routes.clone().into(),
+            topics: Arc::new(topics),
             registry: settings.registry.clone(),
             max_payload_bytes: settings.max_payload_bytes,
             max_readings: settings.max_readings_per_message,
@@ -39,7 +49,7 @@ impl Normaliser {
 
     /// The first rule whose topic filters match `topic`.
     pub(crate) fn rule(&self, topic: &str) -> Option<&Rule> {
-        self.rules.iter().find(|r| r.matches(topic))
+        self.topics.first(topic).map(|i| &self.rules[i])
     }
 
     /// The decoder of the first rule for `topic` (`json`, `senml`, ...), for tools that group
@@ -50,6 +60,21 @@ impl Normaliser {
 
     /// Decodes and normalises one message.
     pub fn normalise(&self, msg: &Message, now: DateTime<Utc>) -> Outcome {
+        self.normalise_by_rule(msg, now).0
+    }
+
+    /// [`Normaliser::normalise`], and the rule that read the message (or the first for its
+    /// topic), found once for both: the dead letters are labelled with its city and source.
+    pub(crate) fn normalise_by_rule(
+        &self,
+        msg: &Message,
+        now: DateTime<Utc>,
+    ) -> (Outcome, Option<&Rule>) {
+        let rule = self.rule(&msg.topic);
+        (self.normalise_with(rule, msg, now), rule)
+    }
+
+    fn normalise_with(&self, rule: Option<&Rule>, msg: &Message, now: DateTime<Utc>) -> Outcome {
         if msg.payload.len() > self.max_payload_bytes {
             return Outcome::rejected(Reject::new(
                 RejectCode::PayloadTooLarge,
@@ -59,7 +84,7 @@ impl Normaliser {
                 ),
             ));
         }
-        let Some(rule) = self.rule(&msg.topic) else {
+        let Some(rule) = rule else {
             return Outcome::rejected(Reject::new(
                 RejectCode::UnknownTopic,
                 "no [[route]] in the configuration matches this topic",
@@ -89,7 +114,8 @@ impl Normaliser {
         let mut rule = rule;
         if !rule.accepts(&doc, &msg.topic) {
             let first = rule;
-            for other in self.rules.iter().filter(|r| r.matches(&msg.topic)).skip(1) {
+            for other in self.topics.all(&msg.topic).into_iter().skip(1) {
+                let other = &self.rules[other];
                 let other_doc = if other.decoder == first.decoder {
                     None
                 } else {

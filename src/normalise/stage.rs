@@ -39,7 +39,7 @@ pub(crate) async fn run(
             telemetry.rules_changed();
         }
         telemetry.message_received();
-        let mut outcome = normaliser.normalise(&message, Utc::now());
+        let (mut outcome, rule) = normaliser.normalise_by_rule(&message, Utc::now());
         outcome.readings.retain(|r| match guard.admit(r) {
             Ok(()) => true,
             Err(reject) => {
@@ -68,7 +68,6 @@ pub(crate) async fn run(
         let (city, source) = if outcome.rejects.is_empty() {
             (None, None)
         } else {
-            let rule = normaliser.rule(&message.topic);
             (
                 rule.and_then(|r| r.city.clone()),
                 rule.map(|r| r.source.clone()),

@@ -160,15 +160,22 @@ impl Connection {
     /// The next event, or why the connection failed (the next call reconnects).
     /// A publish's payload is copied only up to `keep` bytes.
     pub(crate) async fn poll(&mut self, keep: usize) -> Result<Incoming, Failure> {
-        match self {
-            Connection::V4(l) => match l.poll().await {
-                Ok(ev) => Ok(from_v4(ev, keep)),
-                Err(e) => Err(failure::v4(&e)),
-            },
-            Connection::V5(l) => match l.poll().await {
-                Ok(ev) => Ok(from_v5(ev, keep)),
-                Err(e) => Err(failure::v5(&e)),
-            },
+        // The events nobody reads (each PUBACK sent is one) stay here rather than cross a
+        // channel to the source loop: that halved the events handed on per message.
+        loop {
+            let event = match self {
+                Connection::V4(l) => match l.poll().await {
+                    Ok(ev) => Ok(from_v4(ev, keep)),
+                    Err(e) => Err(failure::v4(&e)),
+                },
+                Connection::V5(l) => match l.poll().await {
+                    Ok(ev) => Ok(from_v5(ev, keep)),
+                    Err(e) => Err(failure::v5(&e)),
+                },
+            };
+            if !matches!(event, Ok(Incoming::Other)) {
+                return event;
+            }
         }
     }
 

@@ -8,6 +8,7 @@
 //!
 //! Everything it starts is stopped by PID on exit, on panic (Drop) and at --timeout.
 
+mod backlog;
 mod mqtt;
 mod procs;
 mod store;
@@ -33,8 +34,20 @@ use workload::{Uniform, UNIFORM_SELECTOR};
 const WINDOW_MS: i64 = 100;
 /// How often the latency mode asks the store which windows are complete.
 const LATENCY_POLL: Duration = Duration::from_millis(50);
-/// How often the throughput mode reads the daemon's counter of written readings.
-const METRIC_POLL: Duration = Duration::from_millis(20);
+/// How often the throughput mode reads the daemon's counter of written readings: rendering
+/// /metrics costs the daemon a millisecond or more (callgrind: two thirds of its instructions
+/// when read every 20 ms), so it is read often only over the last 2% of the run.
+const METRIC_POLL: Duration = Duration::from_millis(10);
+const METRIC_POLL_FAR: Duration = Duration::from_millis(1000);
+
+/// The wait before the daemon's counter is read again, `done` of `of` written.
+fn metric_poll(done: f64, of: f64) -> Duration {
+    if done >= of * 0.98 {
+        METRIC_POLL
+    } else {
+        METRIC_POLL_FAR
+    }
+}
 /// A phase whose count has not moved for this long is over, complete or not.
 const STALL: Duration = Duration::from_secs(30);
 /// How long the daemon may take to connect and subscribe.
@@ -87,15 +100,45 @@ struct Args {
     /// Configuration (default: config/bench-uniform.toml, or config/urbanflux.toml for mix).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Measure what urbanflux does with a backlog, not with live publishers: `broker`, the
+    /// daemon is away while the messages are published (mosquitto queues them in its session),
+    /// then drains the broker's backlog, beside a counting subscriber that does the same (the
+    /// ceiling); `spool`, the store is away while they are published and spooled, then the
+    /// spool drains into it (batch.concurrency writes in flight).
+    #[arg(long, value_enum)]
+    backlog: Option<BacklogKind>,
+    /// The daemon's batch.concurrency (writes in flight per store); default: the config's.
+    #[arg(long)]
+    concurrency: Option<usize>,
     /// Internal: be the counting subscriber of the ceiling on this broker port (a process of
     /// its own, like the daemon, so that it does not share the publishers' runtime).
     #[arg(long, hide = true)]
     count_subscriber: Option<u16>,
+    /// Internal: the counting subscriber's persistent session (client id).
+    #[arg(long, hide = true)]
+    session: Option<String>,
+    /// Internal: the counting subscriber drops its session (clean start, no expiry).
+    #[arg(long, hide = true)]
+    forget: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BacklogKind {
+    Broker,
+    Spool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if args.messages == 0 || args.publishers == 0 || args.runs == 0 {
+    if args.backlog.is_some() && (args.workload != WorkloadKind::Uniform || args.rate > 0) {
+        eprintln!("urbanflux-bench: --backlog measures the uniform workload at full speed (no --rate, no --workload mix)");
+        return ExitCode::from(2);
+    }
+    // The counting subscriber alone is given 0 (subscribe, and leave).
+    if (args.messages == 0 && args.count_subscriber.is_none())
+        || args.publishers == 0
+        || args.runs == 0
+    {
         eprintln!("urbanflux-bench: --messages, --publishers and --runs must be at least 1");
         return ExitCode::from(2);
     }
@@ -119,7 +162,9 @@ fn main() -> ExitCode {
     };
     let work = async {
         match args.count_subscriber {
-            Some(port) => subscriber_process(port, args.messages).await,
+            Some(port) => {
+                subscriber_process(port, args.messages, args.session.as_deref(), args.forget).await
+            }
             None => run(&args).await,
         }
     };
@@ -167,6 +212,7 @@ async fn run(args: &Args) -> Result<()> {
     );
     println!("machine: {} cores, load {}", cores(), loadavg());
     match args.workload {
+        WorkloadKind::Uniform if args.backlog.is_some() => backlog::runs(args, &config).await,
         WorkloadKind::Uniform => uniform_runs(args, &config).await,
         WorkloadKind::Mix => mix_runs(args, &config, &root.join("tests/fixtures")).await,
     }?;
@@ -223,9 +269,17 @@ struct Broker {
 
 /// The child process of `ceiling`: prints "ready" once subscribed, then
 /// "counted N last_unix_us T".
-async fn subscriber_process(port: u16, expected: usize) -> Result<()> {
+async fn subscriber_process(
+    port: u16,
+    expected: usize,
+    session: Option<&str>,
+    forget: bool,
+) -> Result<()> {
     let (tx, rx) = oneshot::channel();
-    let counter = tokio::spawn(mqtt::count_messages(port, expected, tx));
+    let session = session.map(str::to_owned);
+    let counter = tokio::spawn(async move {
+        mqtt::count_messages(port, expected, tx, session.as_deref(), forget).await
+    });
     rx.await.context("counting subscriber never subscribed")?;
     println!("ready");
     let counted = counter.await??;
@@ -276,6 +330,15 @@ async fn ceiling(port: u16, plan: &Plan, make: MakeMessage, dir: &Path) -> Resul
     Ok((n as f64 / secs, n))
 }
 
+/// Settings of the daemon the command line overrides.
+fn daemon_env(args: &Args) -> Vec<(&'static str, String)> {
+    let mut env = Vec::new();
+    if let Some(k) = args.concurrency {
+        env.push(("URBANFLUX__BATCH__CONCURRENCY", k.to_string()));
+    }
+    env
+}
+
 /// The daemon of one run and its store.
 struct Stack {
     _store: Guard,
@@ -292,7 +355,14 @@ async fn start_stack(
     http: &Http,
 ) -> Result<Stack> {
     let (store, vm) = procs::start_victoria(dir)?;
-    let (mut daemon, ops) = procs::start_daemon(&args.urbanflux, config, dir, broker.port, vm)?;
+    let (mut daemon, ops) = procs::start_daemon(
+        &args.urbanflux,
+        config,
+        dir,
+        broker.port,
+        vm,
+        &daemon_env(args),
+    )?;
     if let Err(e) = http.wait_ready(ops, READY_TIMEOUT).await {
         daemon.check_alive()?;
         return Err(e).context(format!("see {}", dir.join("urbanflux.log").display()));
@@ -518,7 +588,7 @@ async fn wait_all_countable(http: &Http, stack: &Stack, n: u64) -> Result<u64> {
                 return Ok(counted);
             }
         }
-        tokio::time::sleep(METRIC_POLL).await;
+        tokio::time::sleep(metric_poll(written, n as f64)).await;
     }
 }
 
@@ -692,7 +762,7 @@ async fn mix_run(
                 );
                 break now;
             }
-            tokio::time::sleep(METRIC_POLL).await;
+            tokio::time::sleep(metric_poll(now, expected)).await;
         };
         let secs = published.first.elapsed().as_secs_f64();
         let cpu = procs::cpu_micros(pid, ticks)? - cpu0;

@@ -142,22 +142,30 @@ pub struct Counted {
 /// A plain MQTT 5 subscriber to `#` at QoS 1 (acks sent by rumqttc, Receive Maximum 1000 as
 /// urbanflux sends), counting messages and nothing else. `ready` fires once the subscription
 /// is acknowledged.
+/// `session`: a persistent session of that client id (the backlog modes: subscribe once, go
+/// away while the broker queues, come back for the backlog), dropped at the end when `forget`;
+/// `None`, a clean one.
 pub async fn count_messages(
     port: u16,
     expected: usize,
     ready: oneshot::Sender<()>,
+    session: Option<&str>,
+    forget: bool,
 ) -> Result<Counted> {
     use rumqttc::v5::mqttbytes::{v5::Packet as P5, QoS as Q5};
     use rumqttc::v5::{AsyncClient as C5, Event as E5, MqttOptions as O5};
-    let mut o = O5::new(
-        format!("bench-count-{}", std::process::id()),
-        "127.0.0.1",
-        port,
+    let id = session.map_or_else(
+        || format!("bench-count-{}", std::process::id()),
+        str::to_owned,
     );
+    let mut o = O5::new(id, "127.0.0.1", port);
     o.set_keep_alive(Duration::from_secs(30))
         .set_receive_maximum(Some(PUBLISH_INFLIGHT))
         .set_max_packet_size(Some(MAX_PACKET_BYTES as u32))
-        .set_clean_start(true);
+        .set_clean_start(session.is_none() || forget);
+    if session.is_some() && !forget {
+        o.set_session_expiry_interval(Some(3600));
+    }
     let (client, mut eventloop) = C5::new(o, 100);
     client.subscribe("#", Q5::AtLeastOnce).await?;
     let mut ready = Some(ready);
@@ -165,7 +173,8 @@ pub async fn count_messages(
         messages: 0,
         last: Instant::now(),
     };
-    while counted.messages < expected {
+    // Until the subscription is acknowledged too: `expected` 0 only subscribes.
+    while counted.messages < expected || ready.is_some() {
         let wait = if ready.is_some() {
             NETWORK_TIMEOUT
         } else {
@@ -187,6 +196,15 @@ pub async fn count_messages(
             _ => {}
         }
     }
+    // A DISCONNECT sent, so that a persistent session stays at the broker for the next time.
     let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(event) = eventloop.poll().await {
+            if matches!(event, E5::Outgoing(Outgoing::Disconnect)) {
+                break;
+            }
+        }
+    })
+    .await;
     Ok(counted)
 }

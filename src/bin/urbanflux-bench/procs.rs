@@ -172,6 +172,11 @@ pub fn start_mosquitto(dir: &Path) -> Result<(Guard, u16)> {
 /// VictoriaMetrics; latencyOffset 0 so that fresh points are queryable at once.
 pub fn start_victoria(dir: &Path) -> Result<(Guard, u16)> {
     let port = free_port()?;
+    Ok((start_victoria_on(dir, port)?, port))
+}
+
+/// VictoriaMetrics on `port`, its data under `dir` (again after a stop: the same data).
+pub fn start_victoria_on(dir: &Path, port: u16) -> Result<Guard> {
     let mut command = Command::new("/usr/bin/victoria-metrics");
     command
         .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
@@ -181,7 +186,7 @@ pub fn start_victoria(dir: &Path) -> Result<(Guard, u16)> {
         .arg("-search.disableCache");
     let mut guard = Guard::spawn("victoria-metrics", command, &dir.join("victoria.log"))?;
     wait_accepting(&mut guard, port)?;
-    Ok((guard, port))
+    Ok(guard)
 }
 
 /// `urbanflux run` on this broker and store, state under `dir`, ops endpoint on a free port.
@@ -191,9 +196,11 @@ pub fn start_daemon(
     dir: &Path,
     mqtt_port: u16,
     store_port: u16,
+    extra_env: &[(&str, String)],
 ) -> Result<(Guard, u16)> {
     let ops = free_port()?;
     let mut command = Command::new(binary);
+    command.envs(extra_env.iter().map(|(k, v)| (k, v)));
     command
         .arg("run")
         .arg("--config")
