@@ -346,6 +346,13 @@ pub fn open_for(
     Ok((writer, readers, report))
 }
 
+/// An fsync handed out by [`SpoolWriter::sync_start`].
+#[derive(Debug)]
+pub struct PendingSync {
+    pub file: Option<File>,
+    end: Position,
+}
+
 /// The appending half, owned by the spool stage.
 #[derive(Debug)]
 pub struct SpoolWriter {
@@ -430,7 +437,7 @@ impl SpoolWriter {
             f.flush()?;
             f.get_ref().sync_data()?;
             self.synced_len = self.written;
-            self.publish_synced();
+            self.publish_synced(self.end());
             self.file = None;
             self.segment += 1;
         }
@@ -447,33 +454,43 @@ impl SpoolWriter {
 
     /// Makes everything appended so far durable and visible to the reader.
     pub fn sync(&mut self) -> io::Result<()> {
-        if let Some(f) = self.sync_start()? {
+        let pending = self.sync_start()?;
+        if let Some(f) = &pending.file {
             f.sync_data()?;
         }
-        self.sync_done();
+        self.sync_done(&pending);
         Ok(())
     }
 
     /// The first half of [`SpoolWriter::sync`]: writes out the buffer and hands out the
-    /// segment's handle, so that its fsync can run off the runtime's thread. Nothing may be
-    /// appended until [`SpoolWriter::sync_done`].
-    pub fn sync_start(&mut self) -> io::Result<Option<File>> {
-        match self.file.as_mut() {
+    /// segment's handle and end, so that the fsync can run off the runtime's thread while
+    /// more is appended (it covers what was appended before this call).
+    pub fn sync_start(&mut self) -> io::Result<PendingSync> {
+        let end = self.end();
+        let file = match self.file.as_mut() {
             Some(f) => {
                 f.flush()?;
-                Ok(Some(f.get_ref().try_clone()?))
+                Some(f.get_ref().try_clone()?)
             }
-            None => Ok(None),
-        }
+            None => None,
+        };
+        Ok(PendingSync { file, end })
     }
 
-    /// The fsync of [`SpoolWriter::sync_start`]'s handle succeeded: what was appended is
-    /// durable, and the reader may have it.
-    pub fn sync_done(&mut self) {
-        if self.file.is_some() {
-            self.synced_len = self.written;
+    /// The fsync of `pending` succeeded: what was appended before it started is durable, and
+    /// the reader may have it. A segment finished since was synced when it was.
+    pub fn sync_done(&mut self, pending: &PendingSync) {
+        if self.file.is_some() && pending.end.segment == self.segment {
+            self.synced_len = self.synced_len.max(pending.end.offset);
         }
-        self.publish_synced();
+        self.publish_synced(pending.end);
+    }
+
+    fn end(&self) -> Position {
+        Position {
+            segment: self.segment,
+            offset: self.written,
+        }
     }
 
     /// After a failed append or sync (a full disk): the records appended since the last sync are
@@ -504,17 +521,17 @@ impl SpoolWriter {
             // deletes it, freeing its space even when it is the only one.
             s.segments.insert(self.segment, 0);
         }
-        self.publish_synced();
+        self.publish_synced(self.end());
         Ok(())
     }
 
-    fn publish_synced(&self) {
+    /// The reader may read up to `end` (never back: an fsync that finished late covers less).
+    fn publish_synced(&self, end: Position) {
         let mut s = self.shared.lock();
-        let end = Position {
-            segment: self.segment,
-            offset: self.written,
-        };
-        if end > s.synced && s.sync_times.back().is_none_or(|(p, _)| *p < end) {
+        if end <= s.synced {
+            return;
+        }
+        if s.sync_times.back().is_none_or(|(p, _)| *p < end) {
             s.sync_times.push_back((end, std::time::Instant::now()));
         }
         s.synced = end;

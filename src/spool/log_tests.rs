@@ -53,6 +53,33 @@ fn the_reader_never_sees_unsynced_records() {
 }
 
 #[test]
+fn an_fsync_running_aside_covers_what_was_appended_before_it_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, mut r, _) = open(cfg(dir.path(), 1 << 20, 1 << 16)).unwrap();
+    w.append(&rec(1)).unwrap();
+    let first = w.sync_start().unwrap();
+    // Appended while the first fsync runs: not covered by it.
+    w.append(&rec(2)).unwrap();
+    let second = w.sync_start().unwrap();
+    first.file.as_ref().unwrap().sync_data().unwrap();
+    second.file.as_ref().unwrap().sync_data().unwrap();
+    // The later fsync ends first: it covers both; the earlier one then moves nothing back.
+    w.sync_done(&second);
+    w.sync_done(&first);
+    assert_eq!(r.read(10, usize::MAX).unwrap().0, vec![rec(1), rec(2)]);
+    w.append(&rec(3)).unwrap();
+    let third = w.sync_start().unwrap();
+    w.append(&rec(4)).unwrap();
+    third.file.as_ref().unwrap().sync_data().unwrap();
+    w.sync_done(&third);
+    assert_eq!(
+        r.read(10, usize::MAX).unwrap().0,
+        vec![rec(3)],
+        "rec 4 is not synced"
+    );
+}
+
+#[test]
 fn a_torn_tail_is_truncated_and_reported_and_the_rest_survives() {
     let dir = tempfile::tempdir().unwrap();
     {

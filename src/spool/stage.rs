@@ -13,8 +13,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::log::PendingSync;
 use super::{block, is_disk_full, SpoolWriter};
-use crate::deadletter::{DeadLetters, Letter};
+use crate::deadletter::{self, DeadLetters, Letter};
 use crate::model::Normalised;
 use crate::settings::SpoolSettings;
 use crate::telemetry::health::{Stage, BEAT_EVERY};
@@ -25,6 +26,7 @@ const DISK_RETRY: Duration = Duration::from_secs(1);
 
 /// Messages appended since the last fsync, kept whole: their acks wait for the fsync, and on a
 /// full disk their records and dead letters are written again once space returns.
+#[derive(Default)]
 struct Group {
     items: Vec<Normalised>,
     bytes: u64,
@@ -53,17 +55,17 @@ pub(crate) async fn run(
     telemetry: Arc<Telemetry>,
     abandon: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut group = Group {
-        items: Vec::new(),
-        bytes: 0,
-        started: None,
-    };
+    let mut group = Group::default();
+    // The group whose fsync runs aside: the next group is appended meanwhile.
+    let mut syncing: Option<Syncing> = None;
     let mut out = Durable {
         spool: &mut spool,
         dead: &dead,
         telemetry: &telemetry,
         abandon: &abandon,
     };
+    // Half the inflight window: while one half waits for its fsync, the broker sends the other.
+    let due_items = (max_inflight / 2).max(1);
     let mut beat = tokio::time::interval(BEAT_EVERY);
     // One timer for the group commit, moved only when a new group starts: a fresh `sleep` per
     // message would register and cancel a timer for every message.
@@ -86,9 +88,20 @@ pub(crate) async fn run(
             }
             // Shutdown gave up on the store while we wait for room: leave the rest unacknowledged.
             _ = abandon.cancelled() => break,
-            // Group commit timer.
-            _ = &mut timer, if group.started.is_some() => {
-                commit(&mut out, &mut group).await?;
+            // The fsync running aside is done: its group's acks go out, and the group that
+            // gathered meanwhile is synced next if it is due.
+            synced = wait_sync(&mut syncing) => {
+                let sealed = syncing.take().expect("wait_sync only ends with a sync running");
+                finish(&mut out, sealed.group, synced, &mut group).await?;
+                let late = group.started.is_some_and(|t| t.elapsed() >= settings.sync_interval);
+                if group.due(&settings, due_items) || late {
+                    seal(&mut out, &mut group, &mut syncing);
+                }
+                continue;
+            }
+            // Group commit timer (with an fsync running, the group goes once it is done).
+            _ = &mut timer, if group.started.is_some() && syncing.is_none() => {
+                seal(&mut out, &mut group, &mut syncing);
                 continue;
             }
             // The next normalised message, or the end of intake.
@@ -100,7 +113,7 @@ pub(crate) async fn run(
             let need = SpoolWriter::encoded_len(record);
             if !out.spool.has_room(need) {
                 // Release what is already in before waiting, then stop taking messages.
-                commit(&mut out, &mut group).await?;
+                commit_all(&mut out, &mut group, &mut syncing).await?;
                 telemetry.spool_full(out.spool.total_bytes(), settings.max_bytes);
                 loop {
                     telemetry.beats.beat(Stage::Spool);
@@ -124,17 +137,120 @@ pub(crate) async fn run(
         group.started.get_or_insert_with(Instant::now);
         match written {
             Ok(bytes) => group.bytes += bytes,
-            // The group is not durable: wait for space, write it again, sync.
+            // The group is not durable: wait for space, write it again (with the group whose
+            // fsync is running, if that failed too), sync.
             Err(e) => {
+                if let Some(Syncing { group: sealed, job }) = syncing.take() {
+                    finish(&mut out, sealed, flatten(job.await), &mut group).await?;
+                }
                 settle(&mut out, &mut group, Err(e)).await?;
                 continue;
             }
         }
-        if group.bytes >= settings.sync_bytes || group.items.len() >= max_inflight {
-            commit(&mut out, &mut group).await?;
+        if syncing.is_none() && group.due(&settings, due_items) {
+            seal(&mut out, &mut group, &mut syncing);
         }
     }
-    commit(&mut out, &mut group).await
+    commit_all(&mut out, &mut group, &mut syncing).await
+}
+
+/// A sealed group and its fsync, running on a blocking thread.
+struct Syncing {
+    group: Group,
+    job: tokio::task::JoinHandle<io::Result<Pending>>,
+}
+
+/// What a finished fsync hands back to be marked durable.
+struct Pending {
+    spool: PendingSync,
+    letters: deadletter::PendingSync,
+}
+
+impl Group {
+    fn due(&self, settings: &SpoolSettings, due_items: usize) -> bool {
+        self.bytes >= settings.sync_bytes || self.items.len() >= due_items
+    }
+}
+
+/// Starts the fsync of everything appended so far, for `group`, aside.
+/// A buffer that cannot be written out (a full disk) fails the fsync, handled like one.
+fn seal(out: &mut Durable<'_>, group: &mut Group, syncing: &mut Option<Syncing>) {
+    debug_assert!(syncing.is_none(), "one fsync at a time");
+    if group.items.is_empty() {
+        *group = Group::default();
+        return;
+    }
+    let started = out.spool.sync_start().and_then(|spool| {
+        let letters = out
+            .dead
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sync_start()?;
+        Ok(Pending { spool, letters })
+    });
+    let job = tokio::task::spawn_blocking(move || {
+        let pending = started?;
+        if let Some(f) = &pending.spool.file {
+            f.sync_data()?;
+        }
+        pending.letters.file.sync_data()?;
+        Ok(pending)
+    });
+    *syncing = Some(Syncing {
+        group: std::mem::take(group),
+        job,
+    });
+}
+
+/// The running fsync's outcome; pending forever when none runs.
+async fn wait_sync(syncing: &mut Option<Syncing>) -> io::Result<Pending> {
+    match syncing {
+        Some(s) => flatten((&mut s.job).await),
+        None => std::future::pending().await,
+    }
+}
+
+fn flatten(r: Result<io::Result<Pending>, tokio::task::JoinError>) -> io::Result<Pending> {
+    r.map_err(|e| io::Error::other(format!("the fsync task failed: {e}")))?
+}
+
+/// A sealed group's fsync ended. Done: both files are durable up to where it started, and the
+/// group's acks go out. Failed: neither that group nor the one gathered since (`group`) is
+/// durable; both are written again, in order, once there is space (see [`settle`]).
+async fn finish(
+    out: &mut Durable<'_>,
+    mut sealed_group: Group,
+    synced: io::Result<Pending>,
+    group: &mut Group,
+) -> anyhow::Result<()> {
+    match synced {
+        Ok(pending) => {
+            out.spool.sync_done(&pending.spool);
+            out.dead
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .sync_done(&pending.letters);
+            settle(out, &mut sealed_group, Ok(())).await
+        }
+        Err(e) => {
+            sealed_group.items.append(&mut group.items);
+            sealed_group.bytes += group.bytes;
+            *group = Group::default();
+            settle(out, &mut sealed_group, Err(e)).await
+        }
+    }
+}
+
+/// Waits for the fsync running aside, then commits what gathered since.
+async fn commit_all(
+    out: &mut Durable<'_>,
+    group: &mut Group,
+    syncing: &mut Option<Syncing>,
+) -> anyhow::Result<()> {
+    if let Some(Syncing { group: sealed, job }) = syncing.take() {
+        finish(out, sealed, flatten(job.await), group).await?;
+    }
+    commit(out, group).await
 }
 
 /// Counts each of the message's rejects, once (a rewrite after a full disk does not).
@@ -178,32 +294,6 @@ fn sync_both(spool: &mut SpoolWriter, dead: &Mutex<DeadLetters>) -> io::Result<(
     dead.lock().unwrap_or_else(|e| e.into_inner()).sync()
 }
 
-/// [`sync_both`] with both fsyncs on a blocking thread: the runtime's thread goes on taking,
-/// normalising and delivering messages meanwhile (with one runtime thread, an fsync inline
-/// would stall the MQTT connection and the HTTP writes for its whole length).
-async fn sync_both_aside(spool: &mut SpoolWriter, dead: &Mutex<DeadLetters>) -> io::Result<()> {
-    let segment = spool.sync_start()?;
-    let letters = dead
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .sync_start()?;
-    let fsync = tokio::task::spawn_blocking(move || {
-        if let Some(f) = &segment {
-            f.sync_data()?;
-        }
-        letters.file.sync_data()?;
-        Ok::<_, io::Error>(letters)
-    });
-    let letters = fsync
-        .await
-        .map_err(|e| io::Error::other(format!("the fsync task failed: {e}")))??;
-    spool.sync_done();
-    dead.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .sync_done(&letters);
-    Ok(())
-}
-
 /// fsync the spool and the dead letters, then acknowledge the group.
 async fn commit(out: &mut Durable<'_>, group: &mut Group) -> anyhow::Result<()> {
     if group.items.is_empty() {
@@ -211,8 +301,14 @@ async fn commit(out: &mut Durable<'_>, group: &mut Group) -> anyhow::Result<()> 
         group.started = None;
         return Ok(());
     }
-    let synced = sync_both_aside(out.spool, out.dead).await;
-    settle(out, group, synced).await
+    let mut syncing = None;
+    seal(out, group, &mut syncing);
+    match syncing {
+        Some(Syncing { group: sealed, job }) => {
+            finish(out, sealed, flatten(job.await), group).await
+        }
+        None => Ok(()),
+    }
 }
 
 /// Acknowledges the group once `first` (its write or sync) succeeded. On a full disk the group

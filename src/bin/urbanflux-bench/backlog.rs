@@ -18,8 +18,8 @@ use crate::procs::{self, Guard, TempDir};
 use crate::store::Http;
 use crate::workload::Uniform;
 use crate::{
-    daemon_env, median, metric_poll, now_ms, qos, start_stack, wait_all_countable, Args,
-    BacklogKind, Broker, READINGS_WRITTEN, READY_TIMEOUT, STALL, STOP_GRACE,
+    daemon_env, median, now_ms, qos, start_stack, wait_all_countable, Args, BacklogKind, Broker,
+    MetricPoll, READINGS_WRITTEN, READY_TIMEOUT, STALL, STOP_GRACE,
 };
 
 /// The counting subscriber's persistent session.
@@ -97,9 +97,9 @@ fn name(kind: BacklogKind) -> &'static str {
 }
 
 /// The uniform workload, one reading per message, 1 ms apart, two minutes in the past.
-fn workload(n: usize) -> MakeMessage {
+fn workload(args: &Args, n: usize) -> MakeMessage {
     let base = (now_ms() - n as i64 - 120_000) / 1000 * 1000;
-    let uniform = Arc::new(Uniform::new());
+    let uniform = Arc::new(Uniform::new(args.sensors));
     Arc::new(move |i| uniform.message(i, base + 1 + i as i64))
 }
 
@@ -114,7 +114,7 @@ fn plan(args: &Args) -> Plan {
 
 async fn broker_run(args: &Args, config: &Path, http: &Http) -> Result<Run> {
     let n = args.messages;
-    let make = workload(n);
+    let make = workload(args, n);
     let dir = TempDir::new("backlog-broker", args.keep)?;
     let (guard, port) = procs::start_mosquitto(&dir.path)?;
     let broker = Broker {
@@ -139,7 +139,7 @@ async fn broker_run(args: &Args, config: &Path, http: &Http) -> Result<Run> {
     // urbanflux: subscribed once (its session stays at the broker), away while publishing.
     let mut stack = start_stack(args, config, &dir.path, &broker, http).await?;
     stack.daemon.terminate(STOP_GRACE);
-    let workload = workload(n);
+    let workload = workload(args, n);
     mqtt::publish(port, &plan(args), workload, Arc::new(|_| 0), 1).await?;
     let started = Instant::now();
     let (daemon, ops) = procs::start_daemon(
@@ -186,7 +186,7 @@ async fn spool_run(args: &Args, config: &Path, http: &Http) -> Result<Run> {
     mqtt::publish(
         port,
         &plan(args),
-        workload(args.messages),
+        workload(args, args.messages),
         Arc::new(|_| 0),
         1,
     )
@@ -240,6 +240,7 @@ async fn spool_run(args: &Args, config: &Path, http: &Http) -> Result<Run> {
 /// Waits until the daemon's counter `name` reaches `n`, reading it seldom until it is close.
 async fn wait_metric(http: &Http, ops: u16, name: &str, n: f64) -> Result<()> {
     let mut last = (0.0, Instant::now());
+    let mut poll = MetricPoll::new();
     loop {
         let now = http.metric_sum(ops, name).await?;
         if now >= n {
@@ -250,7 +251,7 @@ async fn wait_metric(http: &Http, ops: u16, name: &str, n: f64) -> Result<()> {
         } else if last.1.elapsed() > STALL {
             bail!("{name} stopped at {now} of {n} for {STALL:?}");
         }
-        tokio::time::sleep(metric_poll(now, n)).await;
+        tokio::time::sleep(poll.next(now, n)).await;
     }
 }
 

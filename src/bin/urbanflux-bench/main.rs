@@ -27,27 +27,45 @@ use tokio::sync::oneshot;
 use mqtt::{MakeMessage, Plan, WindowOf};
 use procs::{Guard, TempDir};
 use store::Http;
-use workload::{Uniform, UNIFORM_SELECTOR};
+use workload::{Uniform, UNIFORM_SELECTOR, UNIFORM_SENSORS};
 
 /// Latency windows: points are stamped so that each 100 ms of publishing has its own 100 ms of
 /// timestamps, counted separately in the store.
 const WINDOW_MS: i64 = 100;
 /// How often the latency mode asks the store which windows are complete.
 const LATENCY_POLL: Duration = Duration::from_millis(50);
-/// How often the throughput mode reads the daemon's counter of written readings: rendering
+/// How often the throughput modes read the daemon's counter of written readings: rendering
 /// /metrics costs the daemon a millisecond or more (callgrind: two thirds of its instructions
-/// when read every 20 ms), so it is read often only over the last 2% of the run.
+/// when read every 20 ms), so the next read is timed from the rate seen so far: about halfway
+/// to the end, never later than 1 s, never sooner than 10 ms.
 const METRIC_POLL: Duration = Duration::from_millis(10);
 const METRIC_POLL_FAR: Duration = Duration::from_millis(1000);
 
-/// The wait before the daemon's counter is read again, `done` of `of` written.
-fn metric_poll(done: f64, of: f64) -> Duration {
-    if done >= of * 0.98 {
-        METRIC_POLL
-    } else {
-        METRIC_POLL_FAR
+/// The reads of one counter towards a known total.
+struct MetricPoll {
+    last: Option<(Instant, f64)>,
+}
+
+impl MetricPoll {
+    fn new() -> Self {
+        MetricPoll { last: None }
+    }
+
+    /// The wait before the next read, `done` of `of` now.
+    fn next(&mut self, done: f64, of: f64) -> Duration {
+        let now = Instant::now();
+        let wait = match self.last {
+            Some((at, before)) if done > before => {
+                let rate = (done - before) / (now - at).as_secs_f64();
+                Duration::from_secs_f64(((of - done) / rate / 2.0).max(0.0))
+            }
+            _ => METRIC_POLL_FAR,
+        };
+        self.last = Some((now, done));
+        wait.clamp(METRIC_POLL, METRIC_POLL_FAR)
     }
 }
+
 /// A phase whose count has not moved for this long is over, complete or not.
 const STALL: Duration = Duration::from_secs(30);
 /// How long the daemon may take to connect and subscribe.
@@ -107,6 +125,11 @@ struct Args {
     /// spool drains into it (batch.concurrency writes in flight).
     #[arg(long, value_enum)]
     backlog: Option<BacklogKind>,
+    /// Distinct sensors of the uniform workload, one series each (a multiple of 12, so that
+    /// cities and domains keep their shares). Past 50,000 the daemon's
+    /// limits.max_series_per_source and devices.max_tracked are raised to fit.
+    #[arg(long, default_value_t = UNIFORM_SENSORS)]
+    sensors: usize,
     /// The daemon's batch.concurrency (writes in flight per store); default: the config's.
     #[arg(long)]
     concurrency: Option<usize>,
@@ -130,6 +153,10 @@ enum BacklogKind {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.sensors == 0 || args.sensors % 12 != 0 {
+        eprintln!("urbanflux-bench: --sensors must be a multiple of 12 (2 cities x 6 kinds in turn)");
+        return ExitCode::from(2);
+    }
     if args.backlog.is_some() && (args.workload != WorkloadKind::Uniform || args.rate > 0) {
         eprintln!("urbanflux-bench: --backlog measures the uniform workload at full speed (no --rate, no --workload mix)");
         return ExitCode::from(2);
@@ -333,6 +360,10 @@ async fn ceiling(port: u16, plan: &Plan, make: MakeMessage, dir: &Path) -> Resul
 /// Settings of the daemon the command line overrides.
 fn daemon_env(args: &Args) -> Vec<(&'static str, String)> {
     let mut env = Vec::new();
+    if args.sensors > 50_000 {
+        env.push(("URBANFLUX__LIMITS__MAX_SERIES_PER_SOURCE", args.sensors.to_string()));
+        env.push(("URBANFLUX__DEVICES__MAX_TRACKED", args.sensors.to_string()));
+    }
     if let Some(k) = args.concurrency {
         env.push(("URBANFLUX__BATCH__CONCURRENCY", k.to_string()));
     }
@@ -478,7 +509,7 @@ async fn uniform_run(args: &Args, config: &Path, http: &Http) -> Result<UniformR
     // Whole seconds, so that steps of WINDOW_MS line up with the store's; in the past, not
     // ahead of the daemon's clock.
     let base = (now_ms() - span - 120_000) / 1000 * 1000;
-    let uniform = Arc::new(Uniform::new());
+    let uniform = Arc::new(Uniform::new(args.sensors));
     let make: MakeMessage = {
         let u = uniform.clone();
         Arc::new(move |i| u.message(i, base + 1 + off(i)))
@@ -566,6 +597,7 @@ async fn wait_all_countable(http: &Http, stack: &Stack, n: u64) -> Result<u64> {
     let mut last_change = Instant::now();
     let mut last_seen = (0.0, 0);
     let mut last_store_check = Instant::now();
+    let mut poll = MetricPoll::new();
     loop {
         let written = http.metric_sum(stack.ops, READINGS_WRITTEN).await?;
         if written >= n as f64 || last_store_check.elapsed() > Duration::from_secs(2) {
@@ -588,7 +620,7 @@ async fn wait_all_countable(http: &Http, stack: &Stack, n: u64) -> Result<u64> {
                 return Ok(counted);
             }
         }
-        tokio::time::sleep(metric_poll(written, n as f64)).await;
+        tokio::time::sleep(poll.next(written, n as f64)).await;
     }
 }
 
@@ -748,6 +780,7 @@ async fn mix_run(
         let published =
             mqtt::publish(broker.port, &plan(per_family), make, Arc::new(|_| 0), 1).await?;
         let mut last = (before, Instant::now());
+        let mut poll = MetricPoll::new();
         let written = loop {
             let now = http.metric_sum(stack.ops, READINGS_WRITTEN).await? - before;
             if now >= expected {
@@ -762,7 +795,7 @@ async fn mix_run(
                 );
                 break now;
             }
-            tokio::time::sleep(metric_poll(now, expected)).await;
+            tokio::time::sleep(poll.next(now, expected)).await;
         };
         let secs = published.first.elapsed().as_secs_f64();
         let cpu = procs::cpu_micros(pid, ticks)? - cpu0;

@@ -38,6 +38,7 @@ const CYCLE: [Domain; 6] = [
     Domain::FillLevel,
 ];
 const CITIES: [&str; 2] = ["paris", "sf"];
+/// The workload's sensors unless `--sensors` says otherwise (the 6,000).
 pub const UNIFORM_SENSORS: usize = 6000;
 
 struct Sensor {
@@ -47,15 +48,16 @@ struct Sensor {
     domain: Domain,
 }
 
-/// 6,000 sensors; message i is sensor i % 6000, consecutive messages alternate city and domain.
+/// N sensors (6,000 by default); message i is sensor i % N, consecutive messages alternate city
+/// and domain.
 pub struct Uniform {
     sensors: Vec<Sensor>,
 }
 
 impl Uniform {
-    pub fn new() -> Uniform {
+    pub fn new(count: usize) -> Uniform {
         let mut next = [[0usize; 4]; 2];
-        let sensors = (0..UNIFORM_SENSORS)
+        let sensors = (0..count)
             .map(|i| {
                 let city = i % 2;
                 let domain = CYCLE[(i / 2) % CYCLE.len()];
@@ -81,7 +83,7 @@ impl Uniform {
 
     /// Message i stamped `ts_ms`; about 80 bytes of JSON.
     pub fn message(&self, i: usize, ts_ms: i64) -> Message {
-        let s = &self.sensors[i % UNIFORM_SENSORS];
+        let s = &self.sensors[i % self.sensors.len()];
         let step = (i % 500) as f64 / 10.0;
         let (value, unit) = match (s.domain, s.city) {
             (Domain::WaterFlow, _) => (5.0 + step, "l/s"),
