@@ -37,9 +37,11 @@ const LATENCY_POLL: Duration = Duration::from_millis(50);
 /// How often the throughput modes read the daemon's counter of written readings: rendering
 /// /metrics costs the daemon a millisecond or more (callgrind: two thirds of its instructions
 /// when read every 20 ms), so the next read is timed from the rate seen so far: about halfway
-/// to the end, never later than 1 s, never sooner than 10 ms.
+/// to the end, never later than 1 s, never sooner than 10 ms; every 100 ms until the counter
+/// first moves.
 const METRIC_POLL: Duration = Duration::from_millis(10);
 const METRIC_POLL_FAR: Duration = Duration::from_millis(1000);
+const METRIC_POLL_START: Duration = Duration::from_millis(100);
 
 /// The reads of one counter towards a known total.
 struct MetricPoll {
@@ -59,7 +61,7 @@ impl MetricPoll {
                 let rate = (done - before) / (now - at).as_secs_f64();
                 Duration::from_secs_f64(((of - done) / rate / 2.0).max(0.0))
             }
-            _ => METRIC_POLL_FAR,
+            _ => METRIC_POLL_START,
         };
         self.last = Some((now, done));
         wait.clamp(METRIC_POLL, METRIC_POLL_FAR)
@@ -154,7 +156,9 @@ enum BacklogKind {
 fn main() -> ExitCode {
     let args = Args::parse();
     if args.sensors == 0 || args.sensors % 12 != 0 {
-        eprintln!("urbanflux-bench: --sensors must be a multiple of 12 (2 cities x 6 kinds in turn)");
+        eprintln!(
+            "urbanflux-bench: --sensors must be a multiple of 12 (2 cities x 6 kinds in turn)"
+        );
         return ExitCode::from(2);
     }
     if args.backlog.is_some() && (args.workload != WorkloadKind::Uniform || args.rate > 0) {
@@ -361,7 +365,10 @@ async fn ceiling(port: u16, plan: &Plan, make: MakeMessage, dir: &Path) -> Resul
 fn daemon_env(args: &Args) -> Vec<(&'static str, String)> {
     let mut env = Vec::new();
     if args.sensors > 50_000 {
-        env.push(("URBANFLUX__LIMITS__MAX_SERIES_PER_SOURCE", args.sensors.to_string()));
+        env.push((
+            "URBANFLUX__LIMITS__MAX_SERIES_PER_SOURCE",
+            args.sensors.to_string(),
+        ));
         env.push(("URBANFLUX__DEVICES__MAX_TRACKED", args.sensors.to_string()));
     }
     if let Some(k) = args.concurrency {

@@ -183,7 +183,9 @@ pub fn start_victoria_on(dir: &Path, port: u16) -> Result<Guard> {
         .arg(format!("-storageDataPath={}", dir.join("vm").display()))
         .arg("-retentionPeriod=100y")
         .arg("-search.latencyOffset=0s")
-        .arg("-search.disableCache");
+        .arg("-search.disableCache")
+        // --sensors 600000: counting them all needs more than the default 300,000 series.
+        .arg("-search.maxUniqueTimeseries=5000000");
     let mut guard = Guard::spawn("victoria-metrics", command, &dir.join("victoria.log"))?;
     wait_accepting(&mut guard, port)?;
     Ok(guard)
