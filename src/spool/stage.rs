@@ -55,6 +55,7 @@ pub(crate) async fn run(
     telemetry: Arc<Telemetry>,
     abandon: CancellationToken,
 ) -> anyhow::Result<()> {
+    let max_inflight = max_inflight.max(1);
     let mut group = Group::default();
     // The group whose fsync runs aside: the next group is appended meanwhile.
     let mut syncing: Option<Syncing> = None;
@@ -80,6 +81,9 @@ pub(crate) async fn run(
             }
             timer_for = group.started;
         }
+        // At most a window of messages not yet durable, as before the fsync ran aside: on a
+        // full disk they are written again as one group, which must fit once space returns.
+        let unsynced = syncing.as_ref().map_or(0, |s| s.group.items.len()) + group.items.len();
         let next = tokio::select! {
             // Idle: still alive (the systemd watchdog listens).
             _ = beat.tick() => {
@@ -105,7 +109,7 @@ pub(crate) async fn run(
                 continue;
             }
             // The next normalised message, or the end of intake.
-            n = input.recv() => n,
+            n = input.recv(), if unsynced < max_inflight => n,
         };
         let Some(n) = next else { break };
         count_rejects(&n, &telemetry);

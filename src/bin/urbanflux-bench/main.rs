@@ -620,9 +620,13 @@ async fn wait_all_countable(http: &Http, stack: &Stack, n: u64) -> Result<u64> {
                 last_seen = (written, counted);
                 last_change = Instant::now();
             } else if last_change.elapsed() > STALL {
+                // QoS 0 messages the daemon's queue had no room for (mqtt.queue_bytes).
+                let dropped = http
+                    .metric_sum(stack.ops, "urbanflux_mqtt_dropped_total")
+                    .await?;
                 eprintln!(
                     "  incomplete: {counted} of {n} points countable, {written} written, \
-                     no progress for {STALL:?}"
+                     {dropped} QoS 0 messages dropped by the daemon, no progress for {STALL:?}"
                 );
                 return Ok(counted);
             }
