@@ -198,6 +198,7 @@ pub(crate) async fn pipeline(
     ));
     let limits = BatchLimits {
         max_lines: settings.batch.max_lines.get(),
+        max_bytes: settings.batch.max_bytes,
         max_age: settings.batch.max_age,
         retry_max: settings.batch.retry_max,
     };

@@ -38,6 +38,8 @@ const RETRY_MIN: Duration = Duration::from_millis(200);
 #[derive(Debug, Clone)]
 pub(crate) struct BatchLimits {
     pub max_lines: usize,
+    /// Line-protocol bytes of one batch (its body before gzip).
+    pub max_bytes: usize,
     pub max_age: Duration,
     pub retry_max: Duration,
 }
@@ -84,10 +86,11 @@ pub(crate) async fn run(
             break;
         }
         let started = Instant::now();
-        let (mut records, mut upto) = spool.read(usize::MAX, limits.max_lines)?;
+        let (mut records, mut upto) = spool.read_batch(limits.max_lines, limits.max_bytes)?;
         let mut lines: usize = records.iter().map(|r| r.readings as usize).sum();
+        let mut bytes: usize = records.iter().map(|r| r.lines.len()).sum();
         // Gather for up to max_age: fewer, larger writes.
-        while lines < limits.max_lines {
+        while lines < limits.max_lines && bytes < limits.max_bytes {
             let more = tokio::select! {
                 // Shutdown deadline: write what we have.
                 _ = abandon.cancelled() => false,
@@ -99,8 +102,9 @@ pub(crate) async fn run(
             if !more {
                 break;
             }
-            let (r, p) = spool.read(usize::MAX, limits.max_lines - lines)?;
+            let (r, p) = spool.read_batch(limits.max_lines - lines, limits.max_bytes - bytes)?;
             lines += r.iter().map(|r| r.readings as usize).sum::<usize>();
+            bytes += r.iter().map(|r| r.lines.len()).sum::<usize>();
             records.extend(r);
             upto = p;
         }

@@ -58,6 +58,7 @@ impl Sink for Scripted {
 fn limits() -> BatchLimits {
     BatchLimits {
         max_lines: 5000,
+        max_bytes: 4 << 20,
         max_age: Duration::from_secs(1),
         retry_max: Duration::from_secs(5),
     }
@@ -461,6 +462,55 @@ async fn a_refused_line_whose_dead_letter_cannot_be_written_keeps_the_batch_unco
         (0..5).map(record).collect::<Vec<_>>(),
         "nothing was committed out of the spool"
     );
+}
+
+/// batch.max_bytes cuts a batch of long lines before batch.max_lines does.
+#[tokio::test(start_paused = true)]
+async fn a_batch_holds_at_most_max_bytes_of_line_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut writer, reader, _) = crate::spool::open(crate::spool::SpoolConfig {
+        dir: dir.path().join("spool"),
+        max_bytes: 1 << 20,
+        segment_bytes: 1 << 16,
+    })
+    .unwrap();
+    // 24 to 26 bytes each: 40 of them are about 1 KiB.
+    for i in 0..100 {
+        writer.append(&record(i)).unwrap();
+    }
+    writer.sync().unwrap();
+    let (sink, calls) = Scripted::with_rule(vec![], |_| Ok(()));
+    let dead = Arc::new(Mutex::new(DeadLetters::open(dir.path()).unwrap()));
+    let abandon = CancellationToken::new();
+    let stage = tokio::spawn(run(
+        reader,
+        Box::new(sink),
+        true,
+        BatchLimits {
+            max_bytes: 1024,
+            ..limits()
+        },
+        dead,
+        Arc::new(Telemetry::default()),
+        abandon.clone(),
+    ));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    abandon.cancel();
+    drop(writer);
+    stage.await.unwrap().unwrap();
+    let bodies: Vec<String> = calls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, b)| b.clone())
+        .collect();
+    assert!(bodies.len() >= 3, "{} writes", bodies.len());
+    let lines: usize = bodies.iter().map(|b| b.lines().count()).sum();
+    assert_eq!(lines, 100, "every record, once");
+    for b in &bodies {
+        // Whole records until the budget is reached: at most one record past it.
+        assert!(b.len() < 1024 + 30, "a body of {} bytes", b.len());
+    }
 }
 
 /// An InfluxDB 3 store: refuses every line whose field is a string (`v="x"`), writes the

@@ -179,6 +179,8 @@ pub struct InfluxSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchSettings {
     pub max_lines: NonZeroUsize,
+    /// Line protocol of one batch at most, before gzip (a single larger record still goes).
+    pub max_bytes: usize,
     pub max_age: Duration,
     pub retry_max: Duration,
     /// Writes of one batch in flight at once.
@@ -437,6 +439,20 @@ mod tests {
         let e = Settings::from_toml(&text).unwrap_err();
         assert_eq!(e.key, "runtime.threads", "{e}");
         assert!(e.fix.contains("0 for one per core"), "{e}");
+    }
+
+    #[test]
+    fn batch_max_bytes_is_a_size_of_at_least_1kib() {
+        let s = Settings::from_toml(DEFAULT_CONFIG).unwrap();
+        assert_eq!(s.batch.max_bytes, 4 << 20);
+        let text = DEFAULT_CONFIG.replacen("max_bytes = \"4MiB\"", "max_bytes = \"100B\"", 1);
+        let e = Settings::from_toml(&text).unwrap_err();
+        assert_eq!(e.key, "batch.max_bytes", "{e}");
+        let text = DEFAULT_CONFIG.replacen("max_bytes = \"4MiB\"", "max_bytes = \"lots\"", 1);
+        assert_eq!(
+            Settings::from_toml(&text).unwrap_err().key,
+            "batch.max_bytes"
+        );
     }
 
     #[test]

@@ -176,6 +176,7 @@ fn default_true() -> bool {
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawBatch {
     pub(super) max_lines: usize,
+    pub(super) max_bytes: String,
     pub(super) max_age: String,
     pub(super) retry_max: String,
     pub(super) concurrency: usize,
@@ -190,6 +191,7 @@ impl Default for RawBatch {
     fn default() -> Self {
         RawBatch {
             max_lines: 5000,
+            max_bytes: "4MiB".into(),
             max_age: "1s".into(),
             retry_max: "5s".into(),
             concurrency: DEFAULT_CONCURRENCY,

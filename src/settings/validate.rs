@@ -248,6 +248,14 @@ impl Raw {
                 "e.g. max_lines = 5000",
             )
         })?;
+        let max_bytes = bytes("batch.max_bytes", &self.batch.max_bytes)?;
+        if max_bytes < 1024 {
+            return Err(err(
+                "batch.max_bytes",
+                format!("{:?} is less than 1KiB", self.batch.max_bytes),
+                "e.g. max_bytes = \"4MiB\" (below the store's request limit: InfluxDB 3 takes 10 MiB)",
+            ));
+        }
         let max_age = duration("batch.max_age", &self.batch.max_age)?;
         let retry_max = duration("batch.retry_max", &self.batch.retry_max)?;
         let concurrency = NonZeroUsize::new(self.batch.concurrency)
@@ -325,6 +333,7 @@ impl Raw {
             sinks,
             batch: BatchSettings {
                 max_lines,
+                max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
                 max_age,
                 retry_max,
                 concurrency,

@@ -59,15 +59,36 @@ impl SpoolReader {
 
     /// Reads up to `max_records` whole records (at least one if any is synced) without waiting,
     /// stopping once `max_lines` readings are gathered. Returns them and the position after them.
+    #[cfg(test)]
     pub fn read(
         &mut self,
         max_records: usize,
         max_lines: usize,
     ) -> io::Result<(Vec<Record>, Position)> {
+        self.read_within(max_records, max_lines, usize::MAX)
+    }
+
+    /// [`SpoolReader::read`] for a batch: whole records (at least one if any is synced) until
+    /// `max_lines` readings or `max_bytes` of line protocol are gathered.
+    pub fn read_batch(
+        &mut self,
+        max_lines: usize,
+        max_bytes: usize,
+    ) -> io::Result<(Vec<Record>, Position)> {
+        self.read_within(usize::MAX, max_lines, max_bytes)
+    }
+
+    fn read_within(
+        &mut self,
+        max_records: usize,
+        max_lines: usize,
+        max_bytes: usize,
+    ) -> io::Result<(Vec<Record>, Position)> {
         let mut out = Vec::new();
         let mut pos = self.start();
         let mut lines = 0usize;
-        while out.len() < max_records && lines < max_lines {
+        let mut bytes = 0usize;
+        while out.len() < max_records && lines < max_lines && bytes < max_bytes {
             let (synced, seg_len, next_seg, skip) = {
                 let s = self.shared.lock();
                 let skip = s.skips.get(&pos).copied();
@@ -117,6 +138,7 @@ impl SpoolReader {
                 Some((record, n)) => {
                     pos.offset += n;
                     lines += record.readings as usize;
+                    bytes += record.lines.len();
                     out.push(record);
                 }
                 None => {
