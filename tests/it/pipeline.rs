@@ -39,25 +39,21 @@ fn samples_expected_from(fixtures: &[Fixture]) -> Vec<Sample> {
 
 #[test]
 fn each_fixture_published_becomes_exactly_its_points_in_the_store() {
-    let stack = Stack::start();
-    let _daemon = stack.start_daemon();
-    let fixtures = first_version_fixtures();
-
-    publish_all(stack.broker.port(), &messages_of(&fixtures));
-
-    stack.store.assert_holds_exactly(
-        &FIRST_VERSION_MEASUREMENTS,
-        &samples_expected_from(&fixtures),
-        STORE_TIMEOUT,
-    );
+    fixtures_become_exactly_their_points(&[]);
 }
 
 /// The default runs the pipeline on one thread; `runtime.threads = 0` (one per core) is the
 /// other runtime, and must deliver the same points.
 #[test]
 fn one_runtime_thread_per_core_delivers_exactly_the_same_points() {
+    fixtures_become_exactly_their_points(&[("URBANFLUX__RUNTIME__THREADS", "0")]);
+}
+
+/// Publishes the first-version fixtures to a daemon started with `env`; the store must hold
+/// exactly their points.
+fn fixtures_become_exactly_their_points(env: &[(&str, &str)]) {
     let stack = Stack::start();
-    let _daemon = stack.start_daemon_with(&[("URBANFLUX__RUNTIME__THREADS", "0")]);
+    let _daemon = stack.start_daemon_with(env);
     let fixtures = first_version_fixtures();
 
     publish_all(stack.broker.port(), &messages_of(&fixtures));
