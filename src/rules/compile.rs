@@ -364,10 +364,6 @@ impl Rule {
             expect_every,
         })
     }
-
-    pub fn matches(&self, topic: &str) -> bool {
-        self.topics.iter().any(|f| crate::topic::matches(f, topic))
-    }
 }
 
 /// `decoder`, with the CSV column layout.

@@ -45,7 +45,6 @@ const SOURCE_SLOTS: usize = SOURCES.len() + 1;
 /// Prometheus counters looked up once and then kept, one per slot: `counter!` builds and hashes
 /// its key (and allocates its labels) on every call, which is once per reading on the hot path.
 /// Made at first use, after the recorder is installed.
-#[derive(Default)]
 struct Kept(Box<[std::sync::OnceLock<::metrics::Counter>]>);
 
 impl Kept {
